@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:  # a real missing dependency inside the module: surface it
-                raise
+            if not (e.name and (name == e.name or name.startswith(e.name + "."))):
+                raise  # a real missing dependency inside the module: surface it
             continue
         module.register(sub)
     return parser
