@@ -1,0 +1,94 @@
+"""Block masks: the only sparsity state that touches a model.
+
+A mask is a boolean tensor per pruned parameter, keyed by parameter name, at block resolution
+(one entry per block). It is expanded and applied in place (``p.masked_fill_``) after each
+optimizer step, and to the optimizer's state tensors (SGD momentum, Adam moments) so that a
+pruned weight stays exactly zero and carries no stale momentum. Parameters keep their identity:
+no reparametrisation, so cuDNN's flat RNN weight buffer stays valid (PAPER.md §11).
+
+Masks only shrink: ``prune_`` ANDs the new decision into the old one. This is the literal
+reading of ESRNN's Algorithm 1 (PAPER.md §2.6): the next mask is computed from masked weights, so
+a pruned block is exactly zero at every later check and never returns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import expand
+from .targets import Target
+
+
+class MaskSet:
+    """Block masks for a list of targets, bound to a model (and optionally its optimizer)."""
+
+    def __init__(self, model: nn.Module, targets: list[Target]):
+        self.targets = {t.name: t for t in targets}
+        params = dict(model.named_parameters())
+        self.params = {t.name: params[t.name] for t in targets}
+        self.block_masks = {t.name: torch.ones(t.grid, dtype=torch.bool, device=self.params[t.name].device)
+                            for t in targets}
+        self._pruned: dict[str, torch.Tensor] = {}  # expanded ~mask, cached; only for masks with zeros
+
+    # -- state ----------------------------------------------------------------------------
+    def keep(self, name: str) -> torch.Tensor:
+        """The element-resolution keep-mask of ``name`` (True = weight kept)."""
+        t = self.targets[name]
+        return expand(self.block_masks[name], t.block, t.shape, t.gates)
+
+    def _refresh(self, name: str) -> None:
+        bm = self.block_masks[name]
+        if bool(bm.all()):
+            self._pruned.pop(name, None)
+        else:
+            self._pruned[name] = ~self.keep(name)
+
+    def prune_(self, name: str, keep_blocks: torch.Tensor) -> int:
+        """AND ``keep_blocks`` into the mask of ``name``; returns the number of newly pruned blocks."""
+        old = self.block_masks[name]
+        new = old & keep_blocks.to(old.device)
+        newly = int(old.sum() - new.sum())
+        self.block_masks[name] = new
+        if newly:
+            self._refresh(name)
+        return newly
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: m.clone() for n, m in self.block_masks.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.block_masks) - set(state)
+        extra = set(state) - set(self.block_masks)
+        if missing or extra:
+            raise ValueError(f"mask state does not match the pruned parameters: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        for n, m in state.items():
+            if tuple(m.shape) != tuple(self.block_masks[n].shape):
+                raise ValueError(f"mask for {n} has block grid {tuple(m.shape)}, expected {tuple(self.block_masks[n].shape)}")
+            self.block_masks[n] = m.to(dtype=torch.bool, device=self.block_masks[n].device).clone()
+            self._refresh(n)
+
+    # -- application ----------------------------------------------------------------------
+    @torch.no_grad()
+    def apply_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero pruned weights in place, and the matching entries of the optimizer's state."""
+        for name, pruned in self._pruned.items():
+            p = self.params[name]
+            p.masked_fill_(pruned, 0.0)
+            if optimizer is not None:
+                for buf in optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(buf) and buf.shape == p.shape:
+                        buf.masked_fill_(pruned, 0.0)
+
+    # -- counts ---------------------------------------------------------------------------
+    def block_sparsity(self, name: str) -> float:
+        m = self.block_masks[name]
+        return 1.0 - m.float().mean().item()
+
+    def pruned_blocks(self, names=None) -> tuple[int, int]:
+        """(pruned blocks, total blocks) over ``names`` (all targets by default)."""
+        names = self.block_masks if names is None else names
+        total = sum(self.block_masks[n].numel() for n in names)
+        kept = sum(int(self.block_masks[n].sum()) for n in names)
+        return total - kept, total

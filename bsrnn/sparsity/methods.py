@@ -1,0 +1,323 @@
+"""The sparsity methods: BP, WP, GL and GLP (BSRNN §3; ESRNN for WP).
+
+Every method is a small object used the same way in a training loop::
+
+    loss = task_loss + method.penalty()
+    loss.backward(); optimizer.step(); optimizer.zero_grad()
+    method.step(step)          # update masks when the schedule says so, apply them in place
+
+* ``BlockPruning`` (BP): every ``freq`` steps each block's score (max |w| by default) is compared
+  with a rising threshold (``NarangSchedule``); blocks at or below it are zeroed for good.
+* ``WeightPruning`` (WP): BP with 1×1 blocks and ESRNN's heuristics.
+* ``GroupLasso`` (GL): adds lambda_g * sum_g ||w_g||_2 over the same blocks; no pruning. An
+  optional proximal step makes exact zeros; ``finalize(threshold)`` zeros the blocks left small.
+* ``GroupLassoPruning`` (GLP): BP's schedule and masks plus GL's penalty while pruning runs.
+
+Thresholds come from one of three sources per layer kind (recurrent / non_recurrent):
+an explicit ``NarangSchedule``; the paper's heuristic with q measured from the weights at the
+first update (``q="auto"``, for users without a trained dense model); or *target mode*: given a
+final sparsity, theta is re-solved at every update from the current block scores so that the
+last update lands on the target (within a block, up to ties).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .blocks import Block, block_reduce, expand, parse_block, tiles
+from .masks import MaskSet
+from .report import SparsityReport, build_report
+from .schedules import NarangSchedule, eq1_theta
+from .targets import KINDS, Target, select_targets
+
+
+def _per_kind(value, name: str) -> dict:
+    """A scalar or a {kind: value} dict -> {kind: value} (unknown kinds are an error)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        bad = set(value) - set(KINDS)
+        if bad:
+            raise ValueError(f"{name} has unknown layer kinds {sorted(bad)}; valid kinds are {', '.join(KINDS)}")
+        return dict(value)
+    return {k: value for k in KINDS}
+
+
+class SparsityMethod:
+    """Shared plumbing: targets, masks, optimizer hygiene, state and report."""
+
+    name = "none"
+
+    def __init__(self, model: nn.Module, block: Block | int | str = (4, 4), *, how: str = "max",
+                 include=(), exclude=(), pad: bool = False, optimizer: torch.optim.Optimizer | None = None,
+                 targets: list[Target] | None = None):
+        self.model = model
+        self.block = parse_block(block)
+        self.how = how
+        block_reduce(torch.zeros(self.block), self.block, how)  # validates `how` early
+        self.pad = pad
+        self.optimizer = optimizer
+        self.targets = targets if targets is not None else select_targets(
+            model, self.block, include=include, exclude=exclude, pad=pad)
+        self.masks = MaskSet(model, self.targets)
+        self.thresholds: dict[str, float] = {k: 0.0 for k in self.kinds}
+        self.history: list[list[float]] = []  # rows of [step, kind index, threshold, block sparsity]
+        self.last_step = -1
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if any(t.kind == k for t in self.targets)]
+
+    def targets_of(self, kind: str) -> list[Target]:
+        return [t for t in self.targets if t.kind == kind]
+
+    def scores(self, t: Target) -> torch.Tensor:
+        return block_reduce(self.masks.params[t.name].detach(), t.block, self.how, t.gates, name=t.name, pad=self.pad)
+
+    def penalty(self) -> torch.Tensor:
+        return torch.zeros((), device=next(iter(self.masks.params.values())).device)
+
+    def step(self, step: int) -> bool:
+        """Called after ``optimizer.step()``; returns True when masks were updated."""
+        self.last_step = step
+        self.masks.apply_(self.optimizer)
+        return False
+
+    def sparsity(self) -> float:
+        """Fraction of pruned blocks over all targets."""
+        pruned, total = self.masks.pruned_blocks()
+        return pruned / max(total, 1)
+
+    def _record(self, step: int, kind: str) -> None:
+        pruned, total = self.masks.pruned_blocks([t.name for t in self.targets_of(kind)])
+        self.history.append([float(step), float(KINDS.index(kind)), self.thresholds[kind], pruned / max(total, 1)])
+
+    def report(self) -> SparsityReport:
+        return build_report(self.model, self.targets, self.thresholds, method=self.name, how=self.how, pad=self.pad)
+
+    def state_dict(self) -> dict:
+        return {"method": self.name, "masks": self.masks.state_dict(), "thresholds": dict(self.thresholds),
+                "history": [list(r) for r in self.history], "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.name:
+            raise ValueError(f"sparsity state is for method {state.get('method')!r}, not {self.name!r}")
+        self.masks.load_state_dict(state["masks"])
+        self.thresholds = dict(state["thresholds"])
+        self.history = [list(r) for r in state["history"]]
+        self.last_step = int(state["last_step"])
+        self.masks.apply_(self.optimizer)
+
+
+class NoSparsity(SparsityMethod):
+    """The dense baseline with the same interface (it still reports the prunable layers)."""
+
+    name = "none"
+
+
+class BlockPruning(SparsityMethod):
+    """BP (BSRNN §3.1): blocks whose score is at or below the rising threshold are zeroed for good.
+
+    ``schedule``: a ``NarangSchedule`` or ``{kind: NarangSchedule}``. ``target``: a final block
+    sparsity (or ``{kind: sparsity}``) — target mode, which keeps the schedule's shape and
+    re-solves theta at each update. ``q="auto"``: the heuristic theta with q = 90th-percentile
+    |w| of the kind's weights at the first update.
+    """
+
+    name = "bp"
+
+    def __init__(self, model: nn.Module, block=(4, 4), schedule: NarangSchedule | dict | None = None, *,
+                 target: float | dict | None = None, q: float | str | dict | None = None,
+                 how: str = "max", include=(), exclude=(), pad: bool = False, optimizer=None, targets=None):
+        super().__init__(model, block, how=how, include=include, exclude=exclude, pad=pad,
+                         optimizer=optimizer, targets=targets)
+        if schedule is None:
+            raise ValueError("BlockPruning needs a schedule: a NarangSchedule, {kind: NarangSchedule}, "
+                             "or use bsrnn.sparsity.build_method with fractions of training")
+        self.schedules = {k: (schedule[k] if isinstance(schedule, dict) else schedule) for k in self.kinds}
+        missing = [k for k in self.kinds if self.schedules[k] is None]
+        if missing:
+            raise ValueError(f"no schedule given for layer kinds {missing}")
+        self.target = _per_kind(target, "target")
+        for k, s in self.target.items():
+            if not 0.0 <= s < 1.0:
+                raise ValueError(f"target sparsity for {k} layers must be in [0, 1), got {s}")
+        self.q = _per_kind(q, "q")
+        self._calibrated: set[str] = set()
+
+    # -- the schedule ---------------------------------------------------------------------
+    def _solve_theta(self, kind: str, scores: list[torch.Tensor]) -> None:
+        sched = self.schedules[kind]
+        if kind in self.target:
+            flat = torch.cat([s.flatten() for s in scores])
+            k = int(round(self.target[kind] * flat.numel()))
+            eps_end = float(flat.kthvalue(k).values) if k > 0 else 0.0
+            last = sched.last_update()
+            unit = sched.unit_epsilon(last) if last is not None else 1.0
+            self.schedules[kind] = sched.with_theta(eps_end / unit if unit > 0 else 0.0)
+        elif self.q.get(kind) is not None and kind not in self._calibrated:
+            q = self.q[kind]
+            if q == "auto":
+                w = torch.cat([self.masks.params[t.name].detach().abs().flatten() for t in self.targets_of(kind)])
+                q = float(torch.quantile(w[w > 0].float()[:16_000_000], 0.9)) if bool((w > 0).any()) else 0.0
+            theta = eq1_theta(float(q), sched.start_itr, sched.ramp_itr, sched.end_itr, sched.freq)
+            self.schedules[kind] = sched.with_theta(theta * math.prod(self.block) ** 0.25)
+            self._calibrated.add(kind)
+
+    def is_update(self, step: int) -> bool:
+        return any(self.schedules[k].is_update(step) for k in self.kinds)
+
+    def step(self, step: int) -> bool:
+        self.last_step = step
+        updated = False
+        for kind in self.kinds:
+            if not self.schedules[kind].is_update(step):
+                continue
+            ts = self.targets_of(kind)
+            self.masks.apply_(self.optimizer)  # score masked weights (Algorithm 1: W <- W * M first)
+            scores = [self.scores(t) for t in ts]
+            self._solve_theta(kind, scores)
+            eps = self.schedules[kind].epsilon(step)
+            self.thresholds[kind] = eps
+            for t, s in zip(ts, scores):
+                self.masks.prune_(t.name, s > eps)
+            self._record(step, kind)
+            updated = True
+        self.masks.apply_(self.optimizer)
+        return updated
+
+    def frozen(self) -> bool:
+        return all(self.schedules[k].frozen(self.last_step) for k in self.kinds)
+
+    def dry_run(self) -> dict[str, float]:
+        """Predicted final block sparsity of each target if the weights stayed as they are now."""
+        out = {}
+        for kind in self.kinds:
+            ts = self.targets_of(kind)
+            scores = [self.scores(t) for t in ts]
+            saved = self.schedules[kind], set(self._calibrated)
+            self._solve_theta(kind, scores)
+            last = self.schedules[kind].last_update()
+            eps = self.schedules[kind].epsilon(last) if last is not None else 0.0
+            self.schedules[kind], self._calibrated = saved
+            for t, s in zip(ts, scores):
+                keep = (s > eps) & self.masks.block_masks[t.name]
+                out[t.name] = 1.0 - keep.float().mean().item()
+        return out
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["schedules"] = {k: s.to_dict() for k, s in self.schedules.items()}
+        state["calibrated"] = sorted(self._calibrated)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.schedules = {k: NarangSchedule(**d) for k, d in state["schedules"].items()}
+        self._calibrated = set(state["calibrated"])
+        super().load_state_dict(state)
+
+
+class WeightPruning(BlockPruning):
+    """WP (ESRNN): BlockPruning with 1×1 blocks."""
+
+    name = "wp"
+
+    def __init__(self, model: nn.Module, schedule=None, **kwargs):
+        if "block" in kwargs and parse_block(kwargs.pop("block")) != (1, 1):
+            raise ValueError("WeightPruning prunes single weights; use BlockPruning for larger blocks")
+        super().__init__(model, (1, 1), schedule, **kwargs)
+
+
+def group_norms(w: torch.Tensor, t: Target, pad: bool) -> torch.Tensor:
+    """||w_g||_2 of every block (differentiable; the 1e-12 keeps all-zero blocks' gradient finite)."""
+    return tiles(w, t.block, t.gates, name=t.name, pad=pad).square().sum(-1).add(1e-12).sqrt()
+
+
+def group_lasso_penalty(method: SparsityMethod, lambda_g: float) -> torch.Tensor:
+    """lambda_g * sum over all blocks of all targets of ||w_g||_2 (not squared, no sqrt(size) weight)."""
+    return lambda_g * sum(group_norms(method.masks.params[t.name], t, method.pad).sum() for t in method.targets)
+
+
+class GroupLasso(SparsityMethod):
+    """GL (BSRNN §3.2): lambda_g * sum_g ||w_g||_2 over the pruned layers' blocks; no pruning.
+
+    ``proximal=True`` replaces the penalty by its proximal step after each optimizer step,
+    ``w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)``, which makes exact zeros. Plain SGD on
+    the penalty rarely does, so ``finalize(threshold)`` zeros the blocks whose score is at or
+    below ``threshold`` (the final block threshold PAPER.md §3 calls for).
+    """
+
+    name = "gl"
+
+    def __init__(self, model: nn.Module, block=(4, 4), lambda_g: float = 1e-4, *, proximal: bool = False,
+                 lr: float | None = None, **kwargs):
+        super().__init__(model, block, **kwargs)
+        if lambda_g < 0 or not math.isfinite(lambda_g):
+            raise ValueError(f"lambda_g must be a finite number >= 0, got {lambda_g}")
+        self.lambda_g, self.proximal, self.lr = float(lambda_g), proximal, lr
+
+    def penalty_active(self) -> bool:
+        return True
+
+    def penalty(self) -> torch.Tensor:
+        if self.proximal or not self.penalty_active() or self.lambda_g == 0:
+            return super().penalty()
+        return group_lasso_penalty(self, self.lambda_g)
+
+    def _lr_of(self, p: torch.Tensor) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer is None:
+            raise ValueError("the proximal group-lasso step needs the learning rate: pass optimizer= or lr=")
+        for g in self.optimizer.param_groups:
+            if any(q is p for q in g["params"]):
+                return float(g["lr"])
+        raise ValueError("a pruned parameter is not in the optimizer given to GroupLasso")
+
+    @torch.no_grad()
+    def proximal_step_(self) -> None:
+        for t in self.targets:
+            p = self.masks.params[t.name]
+            norms = group_norms(p, t, self.pad)  # (block rows, block cols)
+            shrink = (1.0 - self._lr_of(p) * self.lambda_g / norms).clamp_(min=0.0)
+            p.mul_(expand(shrink, t.block, t.shape, t.gates))
+
+    def step(self, step: int) -> bool:
+        if self.proximal and self.penalty_active() and self.lambda_g > 0:
+            self.proximal_step_()
+        return super().step(step)
+
+    def finalize(self, threshold: float) -> float:
+        """Zero (and mask) every block whose score is <= ``threshold``; returns the block sparsity."""
+        self.thresholds = {k: float(threshold) for k in self.kinds}
+        for t in self.targets:
+            self.masks.prune_(t.name, self.scores(t) > threshold)
+        self.masks.apply_(self.optimizer)
+        return self.sparsity()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "lambda_g": self.lambda_g}
+
+
+class GroupLassoPruning(BlockPruning):
+    """GLP (BSRNN §3.2): BP's schedule and masks, plus GL's penalty until pruning ends."""
+
+    name = "glp"
+
+    def __init__(self, model: nn.Module, block=(4, 4), schedule=None, lambda_g: float = 1e-5, **kwargs):
+        super().__init__(model, block, schedule, **kwargs)
+        if lambda_g < 0 or not math.isfinite(lambda_g):
+            raise ValueError(f"lambda_g must be a finite number >= 0, got {lambda_g}")
+        self.lambda_g = float(lambda_g)
+
+    def penalty_active(self) -> bool:
+        next_step = self.last_step + 1
+        return any(next_step < s.end_itr for s in self.schedules.values())
+
+    def penalty(self) -> torch.Tensor:
+        if not self.penalty_active() or self.lambda_g == 0:
+            return super().penalty()
+        return group_lasso_penalty(self, self.lambda_g)
