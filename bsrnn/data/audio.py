@@ -1,0 +1,117 @@
+"""Audio in and out: read any rate or channel count as 16 kHz mono, write WAVs atomically.
+
+Every corpus this package handles ends up as 16 kHz mono float32 in [-1, 1], the input of
+the log-mel front end (the paper's models consume 16 kHz spectrograms, §4.1). Files that
+cannot become that (missing, empty, corrupt, shorter than a feature window) raise
+``AudioError``, a ``ValueError`` whose message is one sentence naming the file, so importers
+and datasets can count and skip them instead of crashing a long run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.1  # shorter than a few 25 ms windows: no usable frames for a conv front end
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the reason."""
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Polyphase resampling by the exact rational factor (22050 -> 16000 is 320/441)."""
+    if orig_sr == target_sr:
+        return wave
+    g = gcd(int(orig_sr), int(target_sr))
+    out = resample_poly(wave, int(target_sr) // g, int(orig_sr) // g, axis=0)
+    return out.astype(np.float32, copy=False)
+
+
+def decode_audio(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, int]:
+    """Decode an in-memory audio file (e.g. ``espeak-ng --stdout``) to float32 mono.
+
+    espeak-ng streams a WAV whose size fields say 0xFFFFFFFF; libsndfile reads it to the end.
+    """
+    if not data:
+        raise AudioError(f"{name}: no audio data (0 bytes).")
+    try:
+        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{name}: not a readable audio stream ({e}).") from None
+    return wave.mean(axis=1), int(sr)
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, *,
+               min_seconds: float = MIN_SECONDS) -> np.ndarray:
+    """Read ``path`` as float32 mono at ``target_sr``.
+
+    Other sample rates are resampled and multi-channel audio is averaged to mono. Raises
+    ``AudioError`` for a missing, empty, unreadable (corrupt or unknown format), non-finite or
+    too-short (< ``min_seconds``) file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file does not exist.")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: audio file is empty (0 bytes).")
+    try:
+        wave, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: not a readable audio file, corrupt or unsupported format ({e}).") from None
+    if wave.shape[0] == 0:
+        raise AudioError(f"{path}: audio file contains no samples.")
+    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+    if not np.all(np.isfinite(wave)):
+        raise AudioError(f"{path}: audio contains NaN or infinite samples.")
+    seconds = wave.shape[0] / sr
+    if seconds < min_seconds:
+        raise AudioError(f"{path}: audio is {seconds:.3f} s long; at least {min_seconds:.2f} s is needed.")
+    return np.ascontiguousarray(resample(wave, sr, target_sr), dtype=np.float32)
+
+
+def audio_info(path: str | os.PathLike) -> tuple[float, int, int]:
+    """(duration s, sample rate, channels) from the header only; raises ``AudioError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file does not exist.")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: audio file is empty (0 bytes).")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: not a readable audio file, corrupt or unsupported format ({e}).") from None
+    return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
+
+
+def to_int16(wave: np.ndarray) -> np.ndarray:
+    """Float in [-1, 1] to 16-bit PCM, clipping (callers normalise gain first)."""
+    return np.clip(np.round(wave * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a 16-bit mono WAV atomically: a killed writer leaves no file under ``path``.
+
+    The temp file sits in the same folder (``os.replace`` is atomic only within a file
+    system) and starts with a dot, so globbing ``*.wav`` never sees it.
+    """
+    path = Path(path)
+    pcm = wave if wave.dtype == np.int16 else to_int16(np.asarray(wave, dtype=np.float32))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; corpus files are meant to be shared
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
