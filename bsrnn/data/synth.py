@@ -32,10 +32,13 @@ only renders what is missing, so an interrupted run resumes and a finished one i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import subprocess
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -245,6 +248,26 @@ def synthesize(out_dir: str | os.PathLike, *, n_utts: int | None = None, hours: 
     out_dir = Path(out_dir)
     sizes = _sizes(n_utts, hours, dev_size, test_size, unseen_voice_test_size)
     jobs = plan_corpus(wordnet_prompts() if prompts is None else list(prompts), sizes, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):
+        return _synthesize_locked(out_dir, jobs, workers, timeout, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path):
+    """Hold ``out_dir/.lock`` so two runs (say, a trainer and a user) never write one folder
+    at once; the second waits, then finds the corpus finished and returns at once."""
+    with open(out_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{out_dir}: another corpus run holds {lock.name}; waiting for it to finish", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the file descriptor, also when this process is killed
+
+
+def _synthesize_locked(out_dir: Path, jobs: list[dict], workers: int, timeout: float,
+                       progress: bool) -> dict[str, Path]:
     for split in SPLITS:
         (out_dir / "wav" / split).mkdir(parents=True, exist_ok=True)
         for stale in (out_dir / "wav" / split).glob(".*.tmp"):  # left by a killed worker
@@ -280,5 +303,5 @@ def synthesize(out_dir: str | os.PathLike, *, n_utts: int | None = None, hours: 
     (out_dir / ".journal.jsonl").unlink(missing_ok=True)  # every row now lives in a manifest
     if failures:
         warnings.warn(f"{len(failures)} of {len(jobs)} utterances could not be synthesized and were "
-                      f"skipped; first: {failures[0]}", RuntimeWarning, stacklevel=2)
+                      f"skipped; first: {failures[0]}", RuntimeWarning, stacklevel=3)
     return manifests
