@@ -116,7 +116,8 @@ def block_reduce(w: torch.Tensor, block: Block, how: str = "max", gates: int = 1
         if how == "l2":
             return t.square().sum(-1).sqrt()
         if how == "geomean":
-            return torch.exp(torch.log(t + GEOMEAN_EPS).mean(-1)) - GEOMEAN_EPS
+            g = torch.exp(torch.log(t + GEOMEAN_EPS).mean(-1)) - GEOMEAN_EPS
+            return torch.where(t.amax(-1) > 0, g.clamp_min(0), 0.0)  # exact 0 for an all-zero block
         return t.median(-1).values
     valid = ~torch.isnan(t)
     a = torch.where(valid, t, torch.zeros((), dtype=t.dtype))
@@ -130,7 +131,8 @@ def block_reduce(w: torch.Tensor, block: Block, how: str = "max", gates: int = 1
     if how == "l2":
         return a.square().sum(-1).sqrt()
     if how == "geomean":
-        return torch.exp((torch.log(a + GEOMEAN_EPS) * valid).sum(-1) / n) - GEOMEAN_EPS
+        g = torch.exp((torch.log(a + GEOMEAN_EPS) * valid).sum(-1) / n) - GEOMEAN_EPS
+        return torch.where(a.amax(-1) > 0, g.clamp_min(0), 0.0)
     return t.nanmedian(-1).values
 
 

@@ -1,0 +1,200 @@
+"""Methods on real layers: pruned weights stay exactly zero, masks only shrink, resume is exact."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bsrnn.sparsity import (BlockPruning, GroupLasso, GroupLassoPruning, NarangSchedule, WeightPruning,
+                            build_method, select_targets)
+
+SCHED = NarangSchedule(start_itr=10, ramp_itr=40, end_itr=80, start_slope=0.004, ramp_slope=0.006, freq=10)
+
+
+class Net(nn.Module):
+    """A 2-layer bidirectional recurrent layer of the given type, then a Linear head."""
+
+    def __init__(self, rnn: str):
+        super().__init__()
+        self.rnn = None if rnn == "linear" else getattr(nn, rnn)(8, 16, num_layers=2, bidirectional=True)
+        self.fc = nn.Linear(8 if rnn == "linear" else 32, 16)
+
+    def forward(self, x):  # x: (T, N, 8)
+        h = x if self.rnn is None else self.rnn(x)[0]
+        return self.fc(h)
+
+
+def train(model, method, optimizer, steps, start=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for step in range(start, steps):
+        x = torch.randn(6, 3, 8, generator=g)
+        loss = model(x).square().mean() + model(x).sum() * 1e-3 + method.penalty()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.step(step)
+
+
+def make_opt(model, kind):
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    return torch.optim.Adam(model.parameters(), lr=3e-3)
+
+
+@pytest.mark.parametrize("rnn", ["linear", "RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_pruned_weights_stay_exactly_zero_and_others_train(rnn, opt):
+    torch.manual_seed(0)
+    model = Net(rnn)
+    optimizer = make_opt(model, opt)
+    method = BlockPruning(model, (4, 4), SCHED, target=0.6, optimizer=optimizer)
+    train(model, method, optimizer, 90)
+    assert method.sparsity() == pytest.approx(0.6, abs=0.05)
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, method, optimizer, 120, start=90, seed=1)  # after end_itr: masks frozen
+    for t in method.targets:
+        p = dict(model.named_parameters())[t.name]
+        keep = method.masks.keep(t.name)
+        assert (p[~keep] == 0).all(), t.name
+        for buf in optimizer.state[p].values():  # no momentum left at pruned positions
+            if torch.is_tensor(buf) and buf.shape == p.shape:
+                assert (buf[~keep] == 0).all()
+        if keep.any():
+            assert not torch.equal(p[keep], snapshot[t.name][keep]), f"{t.name} stopped training"
+
+
+def test_masks_only_shrink_and_freeze_after_end():
+    torch.manual_seed(1)
+    model = Net("GRU")
+    optimizer = make_opt(model, "sgd")
+    method = BlockPruning(model, (4, 4), SCHED, target=0.7, optimizer=optimizer)
+    prev = method.masks.state_dict()
+    g = torch.Generator().manual_seed(0)
+    for step in range(120):
+        model(torch.randn(5, 2, 8, generator=g)).square().mean().backward()
+        optimizer.step(); optimizer.zero_grad()
+        updated = method.step(step)
+        now = method.masks.state_dict()
+        for n in now:
+            assert not (now[n] & ~prev[n]).any(), "a pruned block came back"
+        if step >= SCHED.end_itr:
+            assert not updated and all(torch.equal(now[n], prev[n]) for n in now)
+        prev = now
+
+
+def test_weight_pruning_equals_block_pruning_with_1x1_blocks():
+    torch.manual_seed(2)
+    a = Net("LSTM")
+    b = copy.deepcopy(a)
+    oa, ob = make_opt(a, "sgd"), make_opt(b, "sgd")
+    wp = WeightPruning(a, SCHED, q=0.05, optimizer=oa)
+    bp = BlockPruning(b, (1, 1), SCHED, q=0.05, optimizer=ob)
+    train(a, wp, oa, 60)
+    train(b, bp, ob, 60)
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), na
+    assert wp.sparsity() == bp.sparsity() > 0
+
+
+@pytest.mark.parametrize("cls", ["bp", "glp", "gl"])
+def test_state_dict_round_trip_continues_identically(cls):
+    torch.manual_seed(3)
+    model = Net("GRU")
+    optimizer = make_opt(model, "adam")
+    cfg = {"method": cls, "target": 0.5, "freq": 10, "start": 20, "ramp": 40, "end": 80, "lambda_g": 1e-3}
+    if cls == "gl":
+        cfg = {"method": "gl", "lambda_g": 1e-2, "proximal": True}
+    method = build_method(model, cfg, steps_per_epoch=20, total_steps=100, optimizer=optimizer)
+    train(model, method, optimizer, 50)
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), copy.deepcopy(method.state_dict()))
+    train(model, method, optimizer, 100, start=50, seed=5)
+    model2 = Net("GRU")
+    model2.load_state_dict(saved[0])
+    opt2 = make_opt(model2, "adam")
+    opt2.load_state_dict(saved[1])
+    method2 = build_method(model2, cfg, steps_per_epoch=20, total_steps=100, optimizer=opt2)
+    method2.load_state_dict(saved[2])
+    train(model2, method2, opt2, 100, start=50, seed=5)
+    for (n, p), (_, q) in zip(model.named_parameters(), model2.named_parameters()):
+        assert torch.equal(p, q), n
+    for n, m in method.masks.state_dict().items():
+        assert torch.equal(m, method2.masks.state_dict()[n])
+
+
+def test_group_lasso_penalty_value_and_proximal_zeros():
+    model = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0, 0, 0], [4, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]))
+    gl = GroupLasso(model, (2, 2), lambda_g=0.5)
+    # blocks: ||(3,0,4,0)|| = 5, zeros ~ 1e-6 each, ||(1,1,1,1)|| = 2
+    assert gl.penalty().item() == pytest.approx(0.5 * (5 + 2 + 2 * 1e-6), rel=1e-6)
+    gl.penalty().backward()
+    assert model.weight.grad[0, 0].item() == pytest.approx(0.5 * 3 / 5)
+    prox = GroupLasso(model, (2, 2), lambda_g=1.0, proximal=True, lr=1.0)
+    assert prox.penalty().item() == 0.0
+    prox.step(0)  # shrink by lr*lambda = 1: the norm-2 block -> half, the norm-5 block -> 4/5
+    w = model.weight.detach()
+    assert torch.allclose(w[:2, :2], torch.tensor([[2.4, 0], [3.2, 0]]))
+    assert torch.allclose(w[2:, 2:], torch.full((2, 2), 0.5))
+    prox.lambda_g = 10.0
+    prox.step(1)
+    assert (model.weight == 0).all() and prox.finalize(0.0) == 1.0
+
+
+def test_glp_penalty_switches_off_when_pruning_ends():
+    model = Net("GRU")
+    glp = GroupLassoPruning(model, (4, 4), SCHED, lambda_g=1e-3, target=0.5)
+    assert glp.penalty().item() > 0
+    glp.step(SCHED.end_itr - 2)
+    assert glp.penalty().item() > 0
+    glp.step(SCHED.end_itr - 1)
+    assert glp.penalty().item() == 0.0
+
+
+def test_q_auto_uses_the_heuristic_slope():
+    torch.manual_seed(4)
+    model = nn.Linear(64, 64)
+    bp = BlockPruning(model, (4, 4), SCHED, q="auto")
+    q = model.weight.detach().abs().flatten().quantile(0.9).item()
+    bp.step(20)
+    theta = 2 * q * 10 / (2 * 30 + 3 * 40) * 16 ** 0.25
+    assert bp.schedules["non_recurrent"].start_slope == pytest.approx(theta, rel=1e-5)
+    assert bp.thresholds["non_recurrent"] == pytest.approx(theta * 11 / 10, rel=1e-5)
+
+
+def test_dry_run_predicts_the_final_sparsity_of_static_weights():
+    torch.manual_seed(5)
+    model = Net("GRU")
+    bp = BlockPruning(model, (4, 4), SCHED, q=0.2)
+    predicted = bp.dry_run()
+    for step in range(SCHED.end_itr + 10):
+        bp.step(step)
+    for t in bp.targets:
+        assert bp.masks.block_sparsity(t.name) == pytest.approx(predicted[t.name]), t.name
+
+
+def test_bad_arguments_are_clear_errors():
+    model = Net("GRU")
+    with pytest.raises(ValueError, match="target sparsity for recurrent layers must be in"):
+        BlockPruning(model, (4, 4), SCHED, target={"recurrent": 1.0})
+    with pytest.raises(ValueError, match="unknown layer kinds"):
+        BlockPruning(model, (4, 4), SCHED, target={"conv": 0.5})
+    with pytest.raises(ValueError, match="does not tile"):
+        BlockPruning(model, (5, 5), SCHED)
+    with pytest.raises(ValueError, match="unknown block reduction 'avg'"):
+        BlockPruning(model, (4, 4), SCHED, how="avg")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        BlockPruning(model, (4, 4), SCHED, exclude=["decoder.*"])
+    with pytest.raises(ValueError, match="needs the learning rate"):
+        GroupLasso(model, (4, 4), 0.1, proximal=True).step(0)
+
+
+def test_default_rule_skips_biases_norms_convs_embeddings():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Conv1d(8, 8, 3), nn.LayerNorm(8), nn.Linear(8, 8), nn.GRU(8, 8))
+    names = [t.name for t in select_targets(model, (4, 4))]
+    assert names == ["3.weight", "4.weight_ih_l0", "4.weight_hh_l0"]
+    kinds = {t.name: (t.kind, t.gates) for t in select_targets(model, (4, 4))}
+    assert kinds["4.weight_hh_l0"] == ("recurrent", 3) and kinds["3.weight"] == ("non_recurrent", 1)
+    conv = select_targets(model, (4, 4), include=["1.weight"])
+    assert [t.name for t in conv] == ["1.weight"] and conv[0].grid == (2, 6)
