@@ -33,15 +33,17 @@ class ImportResult:
     written: int
     skipped: Counter = field(default_factory=Counter)
     first_problem: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # every skip's message, in input order
 
     def skip(self, kind: str, message: str) -> None:
         self.skipped[kind] += 1
         self.first_problem.setdefault(kind, message)
+        self.problems.append(message)
 
     def warn(self) -> None:
         if self.skipped:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()))
-            first = next(iter(self.first_problem.values()))
+            first = self.problems[0]
             warnings.warn(f"{self.manifest}: skipped {sum(self.skipped.values())} utterances ({kinds}); "
                           f"first: {first}", RuntimeWarning, stacklevel=3)
 
