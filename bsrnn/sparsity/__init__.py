@@ -14,6 +14,7 @@ print(method.report().table())
 
 from .blocks import REDUCTIONS, block_grid, block_reduce, expand, parse_block, tiles
 from .config import METHODS, SparsityConfig, build_method
+from .dynamic import DynamicSparsity, StaticSparsity, layer_densities
 from .masks import MaskSet
 from .methods import (BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod,
                       WeightPruning)
@@ -23,7 +24,7 @@ from .targets import KINDS, Target, select_targets
 
 __all__ = [
     "REDUCTIONS", "block_grid", "block_reduce", "expand", "parse_block", "tiles",
-    "METHODS", "SparsityConfig", "build_method", "MaskSet",
+    "METHODS", "SparsityConfig", "build_method", "MaskSet", "DynamicSparsity", "StaticSparsity", "layer_densities",
     "BlockPruning", "GroupLasso", "GroupLassoPruning", "NoSparsity", "SparsityMethod", "WeightPruning",
     "SparsityReport", "build_report", "NarangSchedule", "eq1_theta", "KINDS", "Target", "select_targets",
 ]

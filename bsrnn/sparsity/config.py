@@ -16,15 +16,16 @@ import torch
 from torch import nn
 
 from .blocks import parse_block
+from .dynamic import DynamicSparsity, StaticSparsity
 from .methods import BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod, WeightPruning
 from .schedules import HEURISTIC_FRACTIONS, NarangSchedule
 
-METHODS = ("none", "wp", "bp", "gl", "glp")
+METHODS = ("none", "wp", "bp", "gl", "glp", "static", "rigl", "set")
 
 
 @dataclass
 class SparsityConfig:
-    method: str = "none"  # none | wp (weights) | bp (blocks) | gl (group lasso) | glp (group lasso + pruning)
+    method: str = "none"  # none | wp | bp | gl | glp | static | rigl | set (sparse from the first step)
     block: list[int] = field(default_factory=lambda: [4, 4])  # block rows, cols (wp forces 1×1)
     how: str = "max"  # block score: max (paper) | mean | rms | l2 | geomean | median
     include: list[str] = field(default_factory=list)  # glob patterns of parameters to prune (empty: default rule)
@@ -42,6 +43,10 @@ class SparsityConfig:
     lambda_g: float = 0.0  # group-lasso weight (gl: large, glp: small)
     proximal: bool = False  # gl: proximal step instead of the penalty gradient (exact zeros)
     final_threshold: float | None = None  # gl: zero blocks with score <= this at the end of training
+    init: str = "random"  # static/rigl/set: initial block mask, random | magnitude
+    distribution: str = "uniform"  # static/rigl/set: per-matrix sparsity, uniform | erk
+    alpha: float = 0.3  # rigl/set: fraction of live blocks swapped at the first update (cosine decay)
+    seed: int = 0  # static/rigl/set: seed of the random block choices
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -98,6 +103,17 @@ def build_method(model: nn.Module, cfg: SparsityConfig | dict | None, *, steps_p
             return NoSparsity(model, (1, 1), **{**common, "pad": True})
     if cfg.method == "gl":
         return GroupLasso(model, cfg.block, cfg.lambda_g, proximal=cfg.proximal, **common)
+    if cfg.method in ("static", "rigl", "set"):
+        if cfg.target is None:
+            raise ValueError(f"sparsity.method {cfg.method!r} trains sparse from the first step and needs "
+                             "sparsity.target, the sparsity to hold throughout")
+        kw = dict(init=cfg.init, distribution=cfg.distribution, seed=cfg.seed, **common)
+        if cfg.method == "static":
+            return StaticSparsity(model, cfg.block, cfg.target, **kw)
+        end = cfg.end if cfg.end is not None else 0.75  # RigL stops updating at 75 % of training
+        end_itr = int(round(end * total_steps)) if isinstance(end, float) and end <= 1 else int(end)
+        return DynamicSparsity(model, cfg.block, cfg.target, regrow="gradient" if cfg.method == "rigl" else "random",
+                               freq=cfg.freq, end=end_itr, alpha=cfg.alpha, **kw)
     schedule = cfg.schedule(total_steps, steps_per_epoch)
     targets = cfg.targets()
     kw = dict(target=targets, q=None if targets else cfg.q, **common)

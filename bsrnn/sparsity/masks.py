@@ -54,6 +54,14 @@ class MaskSet:
             self._refresh(name)
         return newly
 
+    def set_(self, name: str, keep_blocks: torch.Tensor) -> None:
+        """Replace the mask of ``name`` (sparse-training methods regrow blocks; pruning uses prune_)."""
+        old = self.block_masks[name]
+        if tuple(keep_blocks.shape) != tuple(old.shape):
+            raise ValueError(f"mask for {name} has block grid {tuple(keep_blocks.shape)}, expected {tuple(old.shape)}")
+        self.block_masks[name] = keep_blocks.to(dtype=torch.bool, device=old.device).clone()
+        self._refresh(name)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: m.clone() for n, m in self.block_masks.items()}
 
