@@ -1,0 +1,100 @@
+"""Checkpoints that survive crashes and resume training exactly (DESIGN.md convention 7).
+
+A checkpoint holds the model, optimizer, LR scheduler and sparsity-method state (the paper's
+masks, BSRNN §3), the step/epoch/batch position, the sampler's seed, every RNG state (torch,
+numpy, python) and the resolved config. It holds only tensors and plain containers (the config
+as a JSON string), so it loads with ``torch.load(weights_only=True)``: a file cannot run code.
+
+Writes are atomic: the bytes go to a temporary file in the same directory, are fsync'ed, and
+``os.replace`` swaps them in, so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "bsrnn-checkpoint-1"
+REQUIRED = ("format", "model", "optimizer", "scheduler", "sparsity", "position", "rng", "config")
+
+
+def rng_state() -> dict:
+    """torch, numpy and python RNG states as tensors and plain lists."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a fsync'ed temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # a failed write leaves nothing half-written behind
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and validate a checkpoint; a truncated, tampered or foreign file is a ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path} is truncated, corrupt or not a bsrnn checkpoint ({first[:200]}); "
+                         "delete it to restart, or resume from another checkpoint (best.pt).") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} is not a {FORMAT} file (format field "
+                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}).")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by bsrnn train.")
+    return ckpt
+
+
+def load_weights(path: str | Path) -> tuple[dict, str]:
+    """(model state_dict, config JSON) of a checkpoint, for evaluation."""
+    ckpt = load_checkpoint(path)
+    return ckpt["model"], ckpt["config"]

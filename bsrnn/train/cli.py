@@ -1,0 +1,68 @@
+"""``bsrnn train``, ``bsrnn eval`` and ``bsrnn main``: parse, then call the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import TrainingDiverged, train
+    cfg = load_config(args.config, args.set or [])
+    try:
+        train(cfg)
+    except TrainingDiverged as e:
+        print(f"bsrnn: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint, write_json
+    splits = (args.split or []) + (args.manifest or [])
+    result = evaluate_checkpoint(args.checkpoint, splits or ["test"], corpus=args.corpus)
+    print(f"{args.checkpoint}: {result['params']:,} parameters, {result['nonzero_params']:,} nonzero")
+    for name, r in result["splits"].items():
+        print(f"  {name:<24} CER {r['cer']:6.2f}%   WER {r['wer']:6.2f}%   ({r['utterances']} utts)")
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def _main_job(args: argparse.Namespace) -> int:
+    from .mainjob import run_main_job
+    run_main_job(corpus=args.corpus, runs=args.runs, out=args.out, overrides=args.set or [],
+                 fresh=args.fresh)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a speech model (CTC) with an optional sparsity method",
+                              description="Train from a TOML config; --set overrides dotted keys, "
+                                          "e.g. --set optim.lr=1e-3 sparsity.method=bp. Resumes from "
+                                          "<run_dir>/last.pt when present.")
+    p.add_argument("--config", help="TOML run configuration (configs/*.toml)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override config keys, e.g. train.epochs=2 model.preset=gru64")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("eval", help="CER/WER of a checkpoint on splits or manifests")
+    p.add_argument("checkpoint", help="a checkpoint written by bsrnn train (last.pt or best.pt)")
+    p.add_argument("--split", action="append", help="split name in the corpus (repeatable; default test)")
+    p.add_argument("--manifest", action="append", help="a JSONL manifest path (repeatable)")
+    p.add_argument("--corpus", help="corpus directory (default: the one the model was trained on)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("main", help="the main job: corpus, dense and block-pruned model, paper table",
+                              description="Generate the default corpus (skipped when present), train a "
+                                          "small dense GRU and the same model with 4x4 block pruning, "
+                                          "and print the paper's table. About 20 minutes on 2 cores.")
+    p.add_argument("--corpus", default="data/corpus", help="corpus directory (default %(default)s)")
+    p.add_argument("--runs", default="runs/main", help="run directories go here (default %(default)s)")
+    p.add_argument("--out", default="benchmarks/main", help="results.{json,md} go here (default %(default)s)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="overrides applied to both runs, e.g. train.epochs=1")
+    p.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
+    p.set_defaults(func=_main_job)

@@ -1,0 +1,209 @@
+"""Typed run configuration: dataclasses loaded from TOML, overridden with dotted ``--set`` keys.
+
+DESIGN.md convention 8. Defaults follow CALIBRATION.md (the recipe that trains on 2 CPU cores:
+Adam 1.5e-3 with warm-up and step decay, batch 24, SortaGrad, clipping at 5) and PAPER.md §7
+(Nesterov SGD is the paper's optimizer, available as ``optim.name = "sgd"``). The ``sparsity``
+table is the sparsity core's own ``SparsityConfig``, type-checked here like the others and
+validated by its ``__post_init__``. Every mistake is one sentence that names the
+key and what would be valid; the resolved config is written beside every run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bsrnn.sparsity import SparsityConfig
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "data/corpus"  # directory of <split>.jsonl manifests (bsrnn data synth)
+    train: str = "train"  # training split name, or a manifest path
+    dev: str = "dev"  # split for per-epoch validation and the best checkpoint
+    test: list[str] = field(default_factory=lambda: ["test", "test_unseen_voices"])  # final report splits
+    cache_dir: str = ""  # feature cache directory; "" = <corpus>/features
+    max_train_utts: int = 0  # use only the first N training utterances; 0 = all
+
+
+@dataclass
+class FeaturesConfig:
+    spec_augment: bool = False  # SpecAugment masking on training features
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "gru128"  # a name in bsrnn.models.PRESETS
+    rnn_type: str | None = None  # rnn | gru | lstm; unset = the preset's
+    hidden: int | None = None  # units per direction; unset = the preset's
+    layers: int | None = None  # recurrent layers; unset = the preset's
+    bidirectional: bool | None = None  # unset = the preset's
+    lookahead: int | None = None  # row-conv future frames (0 = none); unset = the preset's
+    fc_dim: int | None = None  # hidden FC width (0 = none); unset = the preset's
+    conv_channels: int | None = None  # channels of both conv layers; unset = the preset's (32)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam (CALIBRATION) | sgd (Nesterov momentum, the paper)
+    lr: float = 1.5e-3  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # the paper's dense baselines use no regularisation
+    grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    decay_start: int = 2  # first epoch (0-based) at the decayed lr
+    decay_every: int = 3  # epochs between decays
+    decay_factor: float = 0.5  # lr multiplier per decay
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # checkpoints, logs, stats, report
+    epochs: int = 6  # passes over the training split
+    batch_size: int = 24  # utterances per batch
+    sortagrad: bool = True  # first epoch in length order (Deep Speech 2)
+    seed: int = 0  # seeds model init, batching and augmentation
+    threads: int = 2  # torch intra-op threads; 0 = torch's default
+    checkpoint_every: int = 200  # steps between checkpoints (also at each epoch end)
+    max_bad_batches: int = 20  # stop after this many NaN/inf losses
+    max_steps: int = 0  # stop after this many steps in total (then resume); 0 = no limit
+    resume: bool = True  # continue from <run_dir>/last.pt when it exists
+
+
+@dataclass
+class LogConfig:
+    progress: bool = True  # tqdm progress bar
+    tensorboard: bool = True  # TensorBoard event files in <run_dir>/tb
+    every: int = 10  # steps between CSV/TensorBoard rows
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {"optim.name": ("adam", "sgd"), "model.rnn_type": ("rnn", "gru", "lstm", None)}
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "") if typing.get_args(hint) else getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value, hint, key: str):
+    """``value`` checked against the annotation ``hint`` (an int is a valid float; lists become tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ValueError:
+                pass
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        items = [_coerce(v, args[0] if args else typing.Any, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    elif hint is typing.Any or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool)):
+        # ints stay ints: the sparsity schedule reads 1 as iteration 1 but 1.0 as 100 % of training
+        return value
+    elif isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"config key {key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, raw: dict, prefix: str):
+    """An instance of dataclass ``cls`` from the table ``raw``; unknown keys and bad types raise."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"config key {prefix} must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ValueError(f"config key {where} is unknown; valid keys{' in [' + prefix + ']' if prefix else ''} "
+                         f"are {', '.join(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+            continue
+        kwargs[name] = _coerce(value, hint, key)
+        if key in CHOICES and kwargs[name] not in CHOICES[key]:
+            raise ValueError(f"config key {key} = {value!r} is not one of "
+                             f"{', '.join(str(c) for c in CHOICES[key] if c is not None)}")
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """``"optim.lr=1e-3"`` -> (["optim", "lr"], 0.001); a value that is not TOML is a string."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # bare words: presets, paths, method names
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        table = raw
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"override {item!r}: {part} is a value, not a table")
+        table[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The resolved config: defaults ← TOML file ← ``--set`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    return _build(Config, apply_overrides(raw, list(overrides)), "")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(d, default=list))  # tuples -> lists: plain JSON/TOML values
+
+
+def config_from_dict(d: dict) -> Config:
+    return _build(Config, json.loads(json.dumps(d)), "")
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as JSON (None values included, which TOML cannot hold)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    tmp.replace(path)
+    return path

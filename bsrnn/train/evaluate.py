@@ -1,0 +1,138 @@
+"""Evaluation: greedy CTC decoding, CER/WER on any split or manifest, and the final run report.
+
+The paper reports each model's CER with its number of nonzero parameters and its sparsity
+against the dense model of the same width (PAPER.md §6, §8); ``final_report`` gathers exactly
+those, plus the per-layer sparsity table of the sparsity core, and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bsrnn.data.batching import SpeechDataset, collate
+from bsrnn.data.features import FeatureStats, SpecAugment
+from bsrnn.data.text import decode
+from bsrnn.models import DeepSpeech2, build_model, count_parameters
+
+from .config import Config, DataConfig, ModelConfig, config_from_dict
+from .metrics import error_rates, greedy_decode
+
+
+def manifest_for(data: DataConfig, split: str) -> Path:
+    """A split name (``test``) means ``<corpus>/<split>.jsonl``; anything with a suffix or a
+    slash is a manifest path already."""
+    path = Path(split) if (split.endswith(".jsonl") or "/" in split) else Path(data.corpus) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} for split {split!r} does not exist; generate the corpus "
+                                f"with `bsrnn data synth {data.corpus}` or set data.corpus")
+    return path
+
+
+def open_dataset(data: DataConfig, split: str, stats: FeatureStats, *, spec_augment: bool = False,
+                 limit: int = 0) -> SpeechDataset:
+    cache = data.cache_dir or str(Path(data.corpus) / "features")
+    ds = SpeechDataset(manifest_for(data, split), stats, cache_dir=cache,
+                       spec_augment=SpecAugment() if spec_augment else None)
+    if limit and limit < len(ds):
+        ds = torch.utils.data.Subset(ds, range(limit))
+        ds.lengths = ds.dataset.lengths[:limit]
+    return ds
+
+
+def model_from_config(m: ModelConfig) -> DeepSpeech2:
+    return build_model(m.preset, rnn_type=m.rnn_type, hidden=m.hidden, layers=m.layers,
+                       bidirectional=m.bidirectional, lookahead=m.lookahead, fc_dim=m.fc_dim,
+                       conv_channels=m.conv_channels)
+
+
+@torch.no_grad()
+def evaluate(model: DeepSpeech2, dataset, batch_size: int = 32, examples: int = 3) -> dict:
+    """CTC loss, CER and WER (percent) of ``model`` on ``dataset``, decoding greedily.
+
+    Batches are taken in length order so padding (and time) stay small; the result does not
+    depend on the order because padding never reaches an utterance's output.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(dataset)), key=lambda i: int(dataset.lengths[i]))
+    refs, hyps, total_loss, n_chars = [], [], 0.0, 0
+    for start in range(0, len(order), batch_size):
+        feats, flens, targets, tlens, _ = collate([dataset[i] for i in order[start:start + batch_size]])
+        log_probs, out_lens = model(feats, flens)
+        loss = F.ctc_loss(log_probs, targets, out_lens, tlens, zero_infinity=True, reduction="sum")
+        total_loss += float(loss)
+        n_chars += int(tlens.sum())
+        hyps += greedy_decode(log_probs, out_lens)
+        refs += [decode(t) for t in torch.split(targets, tlens.tolist())]
+    model.train(was_training)
+    rates = error_rates(refs, hyps)
+    return {"loss": total_loss / max(len(refs), 1), "loss_per_char": total_loss / max(n_chars, 1),
+            **rates, "utterances": len(refs),
+            "examples": [{"ref": r, "hyp": h} for r, h in zip(refs[:examples], hyps[:examples])]}
+
+
+def final_report(cfg: Config, model: DeepSpeech2, method, stats: FeatureStats, splits: list[str],
+                 extra: dict | None = None) -> dict:
+    """Parameters, nonzero parameters, per-layer sparsity and CER/WER on each split."""
+    params, nonzero = count_parameters(model)
+    sparsity_report = method.report()
+    report = {"run_dir": cfg.train.run_dir, "model": cfg.model.preset, "spec": model.spec.__dict__,
+              "algorithm": cfg.sparsity.method, "block": list(cfg.sparsity.block),
+              "params": params, "nonzero_params": nonzero, "sparsity": 1.0 - nonzero / params,
+              "sparsity_layers": sparsity_report.to_dict(), "splits": {}, **(extra or {})}
+    for split in splits:
+        result = evaluate(model, open_dataset(cfg.data, split, stats))
+        report["splits"][split] = result
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"run {report['run_dir']}: model {report['model']}, algorithm {report['algorithm']}",
+             f"parameters {report['params']:,}, nonzero {report['nonzero_params']:,}, "
+             f"sparsity {100 * report['sparsity']:.1f}%"]
+    for split, r in report["splits"].items():
+        lines.append(f"  {split:<20} CER {r['cer']:6.2f}%   WER {r['wer']:6.2f}%   ({r['utterances']} utts)")
+    return "\n".join(lines)
+
+
+def write_json(obj: dict, path: str | Path) -> Path:
+    """Atomic JSON write (NaN/inf become null so any JSON reader accepts the file)."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def evaluate_checkpoint(checkpoint: str | Path, splits: list[str], *, corpus: str | None = None) -> dict:
+    """``bsrnn eval``: rebuild the model of a checkpoint and score it on splits or manifests."""
+    from .checkpoint import load_checkpoint
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(json.loads(ckpt["config"]))
+    if corpus:
+        cfg.data.corpus = corpus
+    stats_path = Path(checkpoint).parent / "stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(f"feature statistics {stats_path} are missing; they are written beside "
+                                "the checkpoints by bsrnn train")
+    stats = FeatureStats.load(stats_path)
+    model = model_from_config(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    params, nonzero = count_parameters(model)
+    out = {"checkpoint": str(checkpoint), "params": params, "nonzero_params": nonzero, "splits": {}}
+    for split in splits:
+        out["splits"][split] = evaluate(model, open_dataset(cfg.data, split, stats))
+    return out
