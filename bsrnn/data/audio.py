@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.1  # shorter than a few 25 ms windows: no usable frames for a conv front end
@@ -31,6 +30,9 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Polyphase resampling by the exact rational factor (22050 -> 16000 is 320/441)."""
     if orig_sr == target_sr:
         return wave
+    # Imported here: scipy.signal takes 1-2 s to import, which was most of an "instant" re-run.
+    from scipy.signal import resample_poly
+
     g = gcd(int(orig_sr), int(target_sr))
     out = resample_poly(wave, int(target_sr) // g, int(orig_sr) // g, axis=0)
     return out.astype(np.float32, copy=False)

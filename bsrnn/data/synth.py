@@ -179,8 +179,9 @@ def _done_rows(out_dir: Path, jobs: list[dict]) -> tuple[dict[str, dict], dict[s
         if (out_dir / f"{split}.jsonl").exists():
             rows = read_manifest(out_dir / f"{split}.jsonl")
             listed[split] = [r["id"] for r in rows]
-            for row in rows:
-                row["path"] = os.path.relpath(row["path"], out_dir)
+            base = str(out_dir.absolute()) + os.sep
+            for row in rows:  # back to the relative form the journal and render() use
+                row["path"] = row["path"][len(base):] if row["path"].startswith(base) else row["path"]
                 found[row["id"]] = row
     journal = out_dir / ".journal.jsonl"
     if journal.exists():

@@ -110,7 +110,7 @@ def wordnet_prompts(wordnet_dir: str | Path = WORDNET_DIR, *, min_words: int = 3
     for name in WORDNET_FILES:
         with open(wordnet_dir / name, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("  ") or "|" not in line:  # licence header lines start with spaces
+                if line.startswith("  ") or '"' not in line:  # licence header; no example
                     continue
                 gloss = line.split("|", 1)[1]
                 for example in _EXAMPLE.findall(gloss):
