@@ -6,11 +6,14 @@ numpy, python) and the resolved config. It holds only tensors and plain containe
 as a JSON string), so it loads with ``torch.load(weights_only=True)``: a file cannot run code.
 
 Writes are atomic: the bytes go to a temporary file in the same directory, are fsync'ed, and
-``os.replace`` swaps them in, so a crash mid-write leaves the previous checkpoint intact.
+``os.replace`` swaps them in, so a crash mid-write leaves the previous checkpoint intact. A
+SHA-256 digest of the contents is stored inside: ``torch.load`` reads a flipped byte in tensor
+data without complaint, so the digest is what turns a damaged file into a clear error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
@@ -74,6 +77,38 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
     return path
 
 
+def digest(obj) -> str:
+    """SHA-256 of a nest of dicts, lists, tensors and plain values (key order independent)."""
+    h = hashlib.sha256()
+
+    def walk(x) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().reshape(-1).contiguous()
+            h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+    walk(obj)
+    return h.hexdigest()
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write a training checkpoint atomically, with its format tag and content digest."""
+    state = {**state, "format": FORMAT}
+    return save_atomic({**state, "sha256": digest(state)}, path)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint; a truncated, tampered or foreign file is a ``ValueError``."""
     path = Path(path)
@@ -91,6 +126,10 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by bsrnn train.")
+    stored = ckpt.pop("sha256", None)
+    if stored != digest(ckpt):
+        raise ValueError(f"checkpoint {path} is damaged: its contents do not match the digest written with them; "
+                         "delete it to restart, or resume from another checkpoint (best.pt).")
     return ckpt
 
 
