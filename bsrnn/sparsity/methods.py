@@ -65,6 +65,7 @@ class SparsityMethod:
         self.masks = MaskSet(model, self.targets)
         self.thresholds: dict[str, float] = {k: 0.0 for k in self.kinds}
         self.history: list[list[float]] = []  # rows of [step, kind index, threshold, block sparsity]
+        self.layer_history: dict[str, list[list[float]]] = {}  # name -> rows of [step, block sparsity]
         self.last_step = -1
 
     @property
@@ -92,15 +93,20 @@ class SparsityMethod:
         return pruned / max(total, 1)
 
     def _record(self, step: int, kind: str) -> None:
-        pruned, total = self.masks.pruned_blocks([t.name for t in self.targets_of(kind)])
+        """Log the threshold and sparsities of one update (BSRNN Figure 3 plots these over training)."""
+        names = [t.name for t in self.targets_of(kind)]
+        pruned, total = self.masks.pruned_blocks(names)
         self.history.append([float(step), float(KINDS.index(kind)), self.thresholds[kind], pruned / max(total, 1)])
+        for n in names:
+            self.layer_history.setdefault(n, []).append([float(step), self.masks.block_sparsity(n)])
 
     def report(self) -> SparsityReport:
         return build_report(self.model, self.targets, self.thresholds, method=self.name, how=self.how, pad=self.pad)
 
     def state_dict(self) -> dict:
         return {"method": self.name, "masks": self.masks.state_dict(), "thresholds": dict(self.thresholds),
-                "history": [list(r) for r in self.history], "last_step": self.last_step}
+                "history": [list(r) for r in self.history], "last_step": self.last_step,
+                "layer_history": {n: [list(r) for r in rows] for n, rows in self.layer_history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.name:
@@ -108,6 +114,7 @@ class SparsityMethod:
         self.masks.load_state_dict(state["masks"])
         self.thresholds = dict(state["thresholds"])
         self.history = [list(r) for r in state["history"]]
+        self.layer_history = {n: [list(r) for r in rows] for n, rows in state.get("layer_history", {}).items()}
         self.last_step = int(state["last_step"])
         self.masks.apply_(self.optimizer)
 
