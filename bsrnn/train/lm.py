@@ -1,0 +1,336 @@
+"""Language-model training: truncated BPTT with a sparsity method, evaluation, sampling.
+
+The LM side of issue 6 (BSRNN §1, §6): the speech loop's machinery (typed TOML config with
+``--set`` overrides, atomic weights-only checkpoints, CSV/TensorBoard logs, ``build_method``)
+around one visible loop. The training stream is cut into ``batch_size`` contiguous columns; each
+step reads the next ``bptt`` rows, carries the hidden state over from the previous window
+(detached: gradients stop at the boundary) and resets it at each epoch start:
+
+    window → forward → cross-entropy + ``method.penalty()`` → backward → clip → ``optimizer.step()``
+    → ``method.step(step)`` → log
+
+``step`` is the only clock: the window, the learning rate (warm-up then cosine decay) and the
+pruning schedule are functions of it. A checkpoint holds the carried hidden state as well as the
+model, optimizer, masks, RNG states and config, so a resumed run is bit-exact on CPU. Quality is
+cross-entropy in nats per token, perplexity ``exp(loss)`` and bits per token ``loss / ln 2``
+(bits per character for character models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bsrnn.data.textcorpus import TextCorpus, Vocab, build_corpus
+from bsrnn.models.lm import RecurrentLM, count_params, detach_state
+from bsrnn.sparsity import SparsityConfig, build_method
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import LogConfig, OptimConfig, _build, apply_overrides
+from .loop import TrainingDiverged, make_optimizer, seed_everything
+from .metrics import RunLog
+
+
+@dataclass
+class LMDataConfig:
+    source: str = "wordnet"  # wordnet | shakespeare | kjv | text (bsrnn.data.textcorpus)
+    level: str = "char"  # char | word
+    path: str = ""  # source file/folder ("" = the source's default; required for text)
+    cache_dir: str = "data/text/cache"  # encoded corpora are cached here
+    max_chars: int = 0  # use a seeded slice of about this many characters; 0 = everything
+    vocab_size: int = 10000  # word level: most frequent words kept (with <unk>, <eos>)
+    min_count: int = 1  # symbols seen fewer times in train become unknown
+    split: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train/valid/test documents
+    seed: int = 0  # seeds the document shuffle behind the splits
+
+
+@dataclass
+class LMModelConfig:
+    rnn_type: str = "lstm"  # lstm | gru
+    emb: int = 64  # embedding size
+    hidden: int = 256  # recurrent units per layer
+    layers: int = 1  # recurrent layers
+    dropout: float = 0.0  # on embeddings, between layers and before the decoder
+    tie: bool = False  # share embedding and decoder weights (needs emb == hidden)
+
+    def __post_init__(self):
+        if self.rnn_type not in ("lstm", "gru"):
+            raise ValueError(f"config key model.rnn_type = {self.rnn_type!r} is not one of lstm, gru")
+
+
+@dataclass
+class LMTrainConfig:
+    run_dir: str = "runs/lm"  # checkpoints, logs, report
+    steps: int = 2000  # optimizer steps in total (TBPTT windows)
+    batch_size: int = 32  # contiguous streams trained side by side
+    bptt: int = 64  # tokens per truncated-BPTT window
+    warmup_steps: int = 50  # linear learning-rate warm-up
+    min_lr: float = 0.1  # cosine decay ends at lr * min_lr; 1 = constant learning rate
+    seed: int = 0  # model init and dropout
+    threads: int = 1  # torch intra-op threads; 0 = torch's default
+    eval_every: int = 100  # steps between validation passes (the loss curve)
+    eval_tokens: int = 20000  # tokens of valid per periodic pass; 0 = all (final report uses all)
+    eval_batch: int = 16  # streams in evaluation
+    checkpoint_every: int = 200  # steps between checkpoints
+    max_bad_batches: int = 20  # stop after this many non-finite losses
+    max_steps: int = 0  # stop after this many steps in total (then resume); 0 = no limit
+    resume: bool = True  # continue from <run_dir>/last.pt when it exists
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "bptt", "eval_every", "eval_batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config key train.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class LMConfig:
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    model: LMModelConfig = field(default_factory=LMModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, grad_clip=1.0))
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    train: LMTrainConfig = field(default_factory=LMTrainConfig)
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=20))
+
+
+def load_lm_config(path: str | Path | None = None, overrides=()) -> LMConfig:
+    """Defaults ← TOML file ← ``--set`` overrides, type-checked like the speech config."""
+    raw: dict = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    return _build(LMConfig, apply_overrides(raw, list(overrides)), "")
+
+
+def lm_config_to_dict(cfg: LMConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def open_corpus(d: LMDataConfig) -> TextCorpus:
+    return build_corpus(d.source, d.level, path=d.path or None, cache_dir=d.cache_dir or None,
+                        max_chars=d.max_chars, vocab_size=d.vocab_size, min_count=d.min_count,
+                        fractions=tuple(d.split), seed=d.seed)
+
+
+def model_from_config(m: LMModelConfig, vocab_size: int) -> RecurrentLM:
+    return RecurrentLM(vocab_size, rnn_type=m.rnn_type, emb=m.emb, hidden=m.hidden, layers=m.layers,
+                       dropout=m.dropout, tie=m.tie)
+
+
+def batchify(stream: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(L,)`` → ``(L // batch, batch)``: column j is the j-th contiguous slice of the stream."""
+    rows = stream.numel() // batch
+    if rows < 2:
+        raise ValueError(f"a stream of {stream.numel()} tokens is too short for {batch} columns of 2+ tokens")
+    return stream[: rows * batch].view(batch, rows).t().contiguous()  # (rows, N)
+
+
+def window(data: torch.Tensor, index: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets of TBPTT window ``index``, each ``(T, N)``, T <= bptt."""
+    start = index * bptt
+    seq = min(bptt, data.shape[0] - 1 - start)
+    return data[start: start + seq], data[start + 1: start + 1 + seq]
+
+
+def n_windows(data: torch.Tensor, bptt: int) -> int:
+    return math.ceil((data.shape[0] - 1) / bptt)
+
+
+def lr_at(step: int, lr: float, t: LMTrainConfig) -> float:
+    """Linear warm-up, then cosine from ``lr`` to ``lr * min_lr`` at ``t.steps``; pure in ``step``."""
+    if step < t.warmup_steps:
+        return lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1))
+    return lr * (t.min_lr + (1 - t.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def evaluate(model: RecurrentLM, stream: torch.Tensor, *, batch: int = 16, bptt: int = 64,
+             max_tokens: int = 0) -> dict:
+    """Cross-entropy (nats/token), perplexity and bits/token of ``stream``, state carried throughout."""
+    if max_tokens:
+        stream = stream[: max_tokens + 1]
+    data = batchify(stream, min(batch, max(stream.numel() // 2, 1)))
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    for i in range(n_windows(data, bptt)):
+        x, y = window(data, i, bptt)
+        logits, state = model(x, state)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+        count += y.numel()
+    model.train(was_training)
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 700)), "bits": loss / math.log(2), "tokens": count}
+
+
+class LMLog(RunLog):
+    FIELDS = ("step", "epoch", "split", "loss", "bits", "ppl", "penalty", "lr", "grad_norm", "sparsity",
+              "bad_batches", "seconds")
+
+
+def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
+    """Train (or resume) the LM run of ``cfg``; returns the final report (or the stop position).
+
+    ``on_step(step, model, method)`` is called after every completed step (tests, monitoring).
+    """
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(lm_config_to_dict(cfg), indent=2) + "\n")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    corpus = open_corpus(cfg.data)
+    data = batchify(corpus.train, cfg.train.batch_size)  # (rows, N)
+    per_epoch = n_windows(data, cfg.train.bptt)
+    model = model_from_config(cfg.model, len(corpus.vocab))
+    optimizer = make_optimizer(cfg.optim, model)
+    method = build_method(model, cfg.sparsity, steps_per_epoch=per_epoch, total_steps=cfg.train.steps,
+                          optimizer=optimizer)
+    pos = {"step": 0, "bad_batches": 0, "seconds": 0.0, "best_key": [math.inf, math.inf]}
+    state = None
+    last = run_dir / "last.pt"
+    if cfg.train.resume and last.is_file():
+        ckpt = load_checkpoint(last)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        method.load_state_dict(ckpt["sparsity"])
+        pos, state = dict(ckpt["position"]), ckpt["hidden"]
+        state = tuple(state) if isinstance(state, list) else state
+        set_rng_state(ckpt["rng"])
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint({"kind": "lm", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": {"lr": lr_at(pos["step"], cfg.optim.lr, cfg.train)}, "sparsity": method.state_dict(),
+                     "position": dict(pos), "hidden": list(state) if isinstance(state, tuple) else state,
+                     "rng": rng_state(), "vocab": corpus.vocab.itos, "level": corpus.vocab.level,
+                     "config": json.dumps(lm_config_to_dict(cfg))}, path)
+
+    log = LMLog(run_dir, tensorboard=cfg.log.tensorboard)
+    started, seconds0, window_losses = time.perf_counter(), pos["seconds"], []
+    try:
+        model.train()
+        while pos["step"] < cfg.train.steps:
+            step = pos["step"]
+            index = step % per_epoch
+            if index == 0:
+                state = None  # a new pass over the stream starts from a zero state
+            lr = lr_at(step, cfg.optim.lr, cfg.train)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # --- the training step -----------------------------------------------------------
+            x, y = window(data, index, cfg.train.bptt)  # (T, N), (T, N)
+            logits, new_state = model(x, detach_state(state))  # (T, N, V)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            penalty = method.penalty()
+            loss = ce + penalty
+            optimizer.zero_grad(set_to_none=True)
+            grad_norm = math.nan
+            if torch.isfinite(loss):
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf))
+            if math.isfinite(grad_norm):
+                optimizer.step()
+                method.step(step)  # masks updated on schedule and applied in place
+                state = detach_state(new_state)
+                window_losses.append(float(ce.detach()))
+            else:  # a NaN/inf loss or gradient never touches the weights; the state is not advanced
+                optimizer.zero_grad(set_to_none=True)
+                pos["bad_batches"] += 1
+                if pos["bad_batches"] > cfg.train.max_bad_batches:
+                    raise TrainingDiverged(
+                        f"training stopped at step {step}: {pos['bad_batches']} windows had a non-finite loss or "
+                        f"gradient (limit train.max_bad_batches = {cfg.train.max_bad_batches}); lower optim.lr "
+                        f"or optim.grad_clip; {last} holds the last good state")
+            pos["step"] = step + 1
+            pos["seconds"] = seconds0 + time.perf_counter() - started
+            # ---------------------------------------------------------------------------------
+
+            if on_step is not None:
+                on_step(step, model, method)
+            if pos["step"] % cfg.log.every == 0 and window_losses:
+                mean = sum(window_losses) / len(window_losses)
+                log.write(pos["step"], "train", epoch=pos["step"] / per_epoch, loss=mean, bits=mean / math.log(2),
+                          penalty=float(penalty.detach()), lr=lr, grad_norm=grad_norm, sparsity=method.sparsity(),
+                          bad_batches=pos["bad_batches"], seconds=pos["seconds"])
+                window_losses = []
+            if pos["step"] % cfg.train.eval_every == 0 or pos["step"] == cfg.train.steps:
+                v = evaluate(model, corpus.valid, batch=cfg.train.eval_batch, bptt=cfg.train.bptt,
+                             max_tokens=cfg.train.eval_tokens)
+                log.write(pos["step"], "valid", epoch=pos["step"] / per_epoch, loss=v["loss"], bits=v["bits"],
+                          ppl=v["ppl"], sparsity=method.sparsity(), seconds=pos["seconds"])
+                if cfg.log.progress:
+                    print(f"step {pos['step']}/{cfg.train.steps}: valid {v['bits']:.3f} bits/token, "
+                          f"sparsity {method.sparsity():.3f}, {pos['seconds']:.0f} s", flush=True)
+                key = [-round(method.sparsity(), 3), v["loss"]]  # best among the sparsest states
+                if key < pos["best_key"]:
+                    pos["best_key"] = key
+                    checkpoint(run_dir / "best.pt")
+            if pos["step"] % cfg.train.checkpoint_every == 0 or pos["step"] == cfg.train.steps:
+                checkpoint(last)
+            if cfg.train.max_steps and pos["step"] >= cfg.train.max_steps and pos["step"] < cfg.train.steps:
+                checkpoint(last)
+                return {"stopped_at": dict(pos), "run_dir": str(run_dir)}
+    finally:
+        log.close()
+    return final_report(cfg, model, method, corpus, pos, run_dir)
+
+
+def final_report(cfg: LMConfig, model, method, corpus: TextCorpus, pos: dict, run_dir: Path) -> dict:
+    """Parameters, per-layer sparsity and full valid/test quality of the trained model → report.json."""
+    total, nonzero = count_params(model)
+    splits = {name: evaluate(model, corpus.split(name), batch=cfg.train.eval_batch, bptt=cfg.train.bptt)
+              for name in ("valid", "test")}
+    report = {"config": lm_config_to_dict(cfg), "corpus": corpus.meta, "params": total, "nonzero_params": nonzero,
+              "sparsity": method.report().to_dict(), "steps": pos["step"], "bad_batches": pos["bad_batches"],
+              "train_seconds": pos["seconds"], "level": corpus.vocab.level, **{
+                  f"{name}_{k}": v[k] for name, v in splits.items() for k in ("loss", "ppl", "bits")}}
+    path = run_dir / "report.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    return report
+
+
+@torch.no_grad()
+def sample(model: RecurrentLM, vocab: Vocab, n: int = 300, *, temperature: float = 0.8, seed: int = 0,
+           prime: str = "\n") -> str:
+    """``n`` tokens after ``prime``; ``temperature`` 0 is greedy (argmax) decoding."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    ids = vocab.encode(prime) or [vocab.unk]
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    logits, state = model(torch.tensor(ids).view(-1, 1))  # (T, 1, V)
+    out = []
+    for _ in range(n):
+        last = logits[-1, 0]
+        nxt = int(last.argmax()) if temperature == 0 else int(
+            torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen))
+        out.append(nxt)
+        logits, state = model(torch.tensor([[nxt]]), state)
+    return vocab.decode(out)
+
+
+def load_lm(path: str | Path) -> tuple[RecurrentLM, Vocab, LMConfig]:
+    """The model, vocabulary and config of an LM checkpoint (no corpus needed)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "lm":
+        raise ValueError(f"checkpoint {path} is not a language-model checkpoint (written by bsrnn lm-train)")
+    cfg = _build(LMConfig, json.loads(ckpt["config"]), "")
+    vocab = Vocab(ckpt["vocab"], ckpt["level"])
+    model = model_from_config(cfg.model, len(vocab))
+    model.load_state_dict(ckpt["model"])
+    return model, vocab, cfg
