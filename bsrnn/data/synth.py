@@ -55,11 +55,12 @@ DEFAULT_N_UTTS = 6200  # train 5,400 + dev 300 + test 300 + test_unseen_voices 2
 MEAN_SECONDS = 2.3  # measured mean utterance length of the default corpus, for ``hours=``
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
                   "en-gb-x-gbcwmd")
+# Variants that still sound like speech: whisper, croak, breathy and robot variants are left out.
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m8", "f1", "f2", "f3", "f5", "klatt",
                    "klatt2", "klatt4", "Alex", "Annie", "adam", "antonio", "aunty", "belinda",
                    "benjamin", "edward", "linda", "max", "paul", "quincy", "robert")
 UNSEEN_ESPEAK_ACCENTS = ("en-us-nyc",)
-UNSEEN_ESPEAK_VARIANTS = ("m7", "f4", "klatt3", "david")  # whisper/croak/robot variants left out
+UNSEEN_ESPEAK_VARIANTS = ("m7", "f4", "klatt3", "david")
 FLITE_VOICES = {"slt": (140, 220), "awb": (85, 140), "kal16": (85, 140)}  # voice: f0 mean range
 UNSEEN_FLITE_VOICES = {"rms": (85, 140)}
 WAV_HEADER_BYTES = 44  # soundfile's PCM_16 mono WAV header: lets a re-run verify by file size
@@ -222,7 +223,9 @@ def _render_all(todo: list[dict], out_dir: Path, workers: int, timeout: float, r
     pool.shutdown()
 
 
-def _sizes(n_utts, hours, dev_size, test_size, unseen_voice_test_size) -> dict[str, int]:
+def split_sizes(n_utts: int | None, hours: float | None, dev_size: int, test_size: int,
+                unseen_voice_test_size: int) -> dict[str, int]:
+    """Utterances per split; train gets what the held-out splits leave of the total."""
     if n_utts is not None and hours is not None:
         raise ValueError("give either n_utts or hours, not both.")
     total = (math.ceil(hours * 3600 / MEAN_SECONDS) if hours is not None
@@ -247,11 +250,34 @@ def synthesize(out_dir: str | os.PathLike, *, n_utts: int | None = None, hours: 
     with one warning giving their count and the first reason.
     """
     out_dir = Path(out_dir)
-    sizes = _sizes(n_utts, hours, dev_size, test_size, unseen_voice_test_size)
+    sizes = split_sizes(n_utts, hours, dev_size, test_size, unseen_voice_test_size)
     jobs = plan_corpus(wordnet_prompts() if prompts is None else list(prompts), sizes, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(out_dir):
-        return _synthesize_locked(out_dir, jobs, workers, timeout, progress)
+        manifests = _synthesize_locked(out_dir, jobs, workers, timeout, progress)
+        _write_card(out_dir, seed, sizes)
+        return manifests
+
+
+def _write_card(out_dir: Path, seed: int, sizes: dict[str, int]) -> None:
+    """``corpus.json``: how the corpus was made (the engine versions decide its exact bytes)."""
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+            return next((ln.strip() for ln in out.splitlines() if "version" in ln or "eSpeak" in ln), "?")
+        except OSError:
+            return "?"
+
+    card = {"seed": seed, "sizes": sizes, "engines": {"espeak-ng": version(["espeak-ng", "--version"]),
+                                                      "flite": version(["flite", "--version"])},
+            "prompts": "WordNet 3.0 example phrases. WordNet 3.0 Copyright 2006 by Princeton University. "
+                       "All rights reserved. Licence: https://wordnet.princeton.edu/license-and-commercial-use"}
+    text = json.dumps(card, indent=1) + "\n"
+    path = out_dir / "corpus.json"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:  # a re-run changes no file
+        tmp = out_dir / ".corpus.json.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 
 from bsrnn.data.manifest import read_manifest
-from bsrnn.data.synth import (DEFAULT_N_UTTS, ESPEAK_ACCENTS, ESPEAK_VARIANTS, FLITE_VOICES, SPLITS,
+from bsrnn.data.synth import (DEFAULT_N_UTTS, ESPEAK_ACCENTS, ESPEAK_VARIANTS, FLITE_VOICES, MEAN_SECONDS, SPLITS,
                               UNSEEN_ESPEAK_ACCENTS, UNSEEN_ESPEAK_VARIANTS, UNSEEN_FLITE_VOICES, plan_corpus,
-                              render, synthesize)
+                              render, split_sizes, synthesize)
 
 
 @pytest.fixture
@@ -55,6 +55,9 @@ def test_tiny_corpus_is_valid(tiny_corpus):
             snr = 10 * np.log10((np.mean(x**2) - noise) / noise)
             assert abs(snr - row["snr_db"]) < 1.0, (row["id"], snr, row["snr_db"])
     assert not list(out.rglob(".*.tmp")) and not (out / ".journal.jsonl").exists()
+    card = json.loads((out / "corpus.json").read_text())
+    assert card["seed"] == 7 and card["sizes"]["train"] == 4 and "1.5" in card["engines"]["espeak-ng"]
+    assert "WordNet 3.0 Copyright" in card["prompts"]
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tiny_corpus, tiny, tmp_path):
@@ -177,3 +180,10 @@ def test_sizes_are_checked(tmp_path):
     with pytest.raises(ValueError, match="either n_utts or hours"):
         synthesize(tmp_path, n_utts=5, hours=1)
     assert DEFAULT_N_UTTS == 6200
+
+
+def test_split_sizes():
+    assert split_sizes(None, None, 300, 300, 200) == {"train": 5400, "dev": 300, "test": 300,
+                                                      "test_unseen_voices": 200}
+    assert split_sizes(None, 1.0, 10, 10, 10) == {"train": 1536, "dev": 10, "test": 10, "test_unseen_voices": 10}
+    assert sum(split_sizes(None, 20, 300, 300, 200).values()) * MEAN_SECONDS / 3600 == pytest.approx(20, rel=1e-3)
