@@ -1,0 +1,126 @@
+"""The experiment grid of ``bsrnn reproduce``: which runs make each of the paper's tables.
+
+BSRNN Tables 2–4 (PAPER.md §8) at CPU scale. Every run is a ``bsrnn train`` of one base
+configuration (``configs/reproduce.toml``) with a few ``--set`` overrides; runs shared by two
+tables (the 4×4 BP model is in Tables 1 and 3, and the sweep) are trained once.
+
+Widths: ``W`` is the dense baseline's width, ``wide`` the wider sparse models', and ``small``
+is solved so that the small dense model has as many parameters as the 90 %-sparse model of
+width ``W`` has nonzero ones (the paper's "RNN Dense 704" against "RNN Sparse 1760").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models.deepspeech2 import build_model
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    n_utts: int  # corpus size (all splits)
+    epochs: int
+    widths: dict  # family -> (W, wide)
+    layers: dict  # family -> recurrent layers
+    freq: int  # mask update period
+    batch_size: int = 24
+    held_out: tuple[int, int, int] = (300, 300, 200)  # dev, test, test_unseen_voices utterances
+    lr: dict = field(default_factory=lambda: {"gru": 1.5e-3, "rnn": 1.0e-3})
+    gl_lambda: float = 3e-4  # GL alone: large (proximal, exact zeros)
+    glp_lambda: float = 3e-5  # GLP: small, while pruning runs
+
+
+SCALES = {
+    # For tests and CI: every table's machinery on a few dozen utterances, minutes in all.
+    "tiny": Scale("tiny", n_utts=100, epochs=2, widths={"gru": (32, 48), "rnn": (32, 48)},
+                  layers={"gru": 1, "rnn": 1}, freq=2, batch_size=8, held_out=(12, 12, 8)),
+    # The committed results: sized by CALIBRATION.md so the grid fits in about 3 hours on 2 cores.
+    "small": Scale("small", n_utts=3500, epochs=6, widths={"gru": (128, 192), "rnn": (128, 192)},
+                   layers={"gru": 3, "rnn": 3}, freq=10),
+}
+
+PRUNE_WINDOW = ("start=0.15", "ramp=0.3", "end=0.45")  # CALIBRATION.md §5: after the all-blank phase
+BASE_PRESET = {"gru": "gru128", "rnn": "rnn256"}  # widths and depths are overridden per run
+
+
+@dataclass(frozen=True)
+class Run:
+    family: str  # gru | rnn
+    width: int
+    method: str = "none"  # none | bp | gl | glp | wp
+    block: tuple[int, int] = (4, 4)
+    target: float | None = 0.9  # None: the paper's heuristic schedule (q measured at the first update)
+    how: str = "max"
+
+    @property
+    def name(self) -> str:
+        if self.method == "none":
+            return f"{self.family}{self.width}-dense"
+        t = "heur" if self.target is None else f"t{round(self.target * 100)}"
+        return f"{self.family}{self.width}-{self.method}-{self.block[0]}x{self.block[1]}-{t}-{self.how}"
+
+    def overrides(self, scale: Scale) -> list[str]:
+        sets = [f"model.preset={BASE_PRESET[self.family]}", f"model.hidden={self.width}", f"model.layers={scale.layers[self.family]}",
+                f"train.epochs={scale.epochs}", f"train.batch_size={scale.batch_size}",
+                f"optim.lr={scale.lr[self.family]}", f"sparsity.method={self.method}",
+                f"sparsity.block=[{self.block[0]}, {self.block[1]}]", f"sparsity.how={self.how}",
+                f"sparsity.freq={scale.freq}", "sparsity.pad=true", "sparsity.exclude=[\"output.*\"]"]
+        if self.method in ("bp", "glp", "wp"):
+            sets += [f"sparsity.{s}" for s in PRUNE_WINDOW]
+            sets.append("sparsity.q=\"auto\"" if self.target is None else f"sparsity.target={self.target}")
+        if self.method == "gl":
+            sets += [f"sparsity.lambda_g={scale.gl_lambda}", "sparsity.proximal=true"]
+        if self.method == "glp":
+            sets.append(f"sparsity.lambda_g={scale.glp_lambda}")
+        return sets
+
+
+def dense_params(family: str, width: int, layers: int) -> tuple[int, int]:
+    """(all parameters, parameters of the pruned matrices) of a dense model."""
+    model = build_model(BASE_PRESET[family], hidden=width, layers=layers)
+    total = sum(p.numel() for p in model.parameters())
+    rnn = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("rnn.", "fc.")) and p.dim() == 2)
+    return total, rnn
+
+
+def matched_width(family: str, width: int, layers: int, sparsity: float = 0.9) -> int:
+    """The dense width whose parameter count is closest to the nonzero count of a sparse model."""
+    total, pruned = dense_params(family, width, layers)
+    goal = total - sparsity * pruned
+    best = min(range(8, width + 1, 4), key=lambda w: abs(dense_params(family, w, layers)[0] - goal))
+    return best
+
+
+def tables(scale: Scale) -> dict[str, list[tuple[str, Run]]]:
+    """Each table's rows as (label, run); the same Run object in two tables is trained once."""
+    out: dict[str, list[tuple[str, Run]]] = {"table1": [], "table2": [], "table3": [], "reductions": [], "sweep": []}
+    for fam in ("rnn", "gru"):
+        w, wide = scale.widths[fam]
+        small = matched_width(fam, w, scale.layers[fam])
+        out["table1"] += [(f"{fam.upper()} Dense {w}", Run(fam, w)),
+                          (f"{fam.upper()} Dense {small}", Run(fam, small)),
+                          (f"{fam.upper()} Sparse {w}", Run(fam, w, "bp")),
+                          (f"{fam.upper()} Sparse {wide}", Run(fam, wide, "glp")),
+                          (f"{fam.upper()} Sparse {wide}", Run(fam, wide, "bp"))]
+    w, wide = scale.widths["rnn"]
+    for width in (w, wide):
+        out["table2"] += [(f"RNN Sparse {width}", Run("rnn", width, "gl", target=None)),
+                          (f"RNN Sparse {width}", Run("rnn", width, "glp"))]
+    for fam, blocks in (("rnn", ((1, 1), (4, 4), (12, 2), (8, 8), (16, 16), (32, 32))),
+                        ("gru", ((1, 1), (4, 4), (16, 16)))):
+        w = scale.widths[fam][0]
+        out["table3"] += [(f"{fam.upper()} Sparse", Run(fam, w, "wp" if b == (1, 1) else "bp", b, target=None))
+                          for b in blocks]
+    w = scale.widths["gru"][0]
+    out["reductions"] = [(f"GRU Sparse {w}", Run("gru", w, "bp", how=h)) for h in ("max", "mean", "rms", "geomean", "median")]
+    out["sweep"] = [(f"GRU Sparse {w}", Run("gru", w, "bp", target=t)) for t in (0.7, 0.8, 0.9, 0.95, 0.97)]
+    return out
+
+
+def all_runs(scale: Scale) -> list[Run]:
+    seen: dict[str, Run] = {}
+    for rows in tables(scale).values():
+        for _, run in rows:
+            seen.setdefault(run.name, run)
+    return list(seen.values())
