@@ -83,6 +83,12 @@ def paper_md(key: str) -> str:
     return "\n".join(lines)
 
 
+def _verdict(held: list[bool]) -> str:
+    if not held:
+        return "unclear (runs missing)"
+    return "holds" if all(held) else "does not hold" if not any(held) else "partly holds"
+
+
 def claims(t: dict, results: dict, scale: Scale) -> list[str]:
     """One line per claim of the issue: holds / does not hold / unclear, with the evidence."""
     get = lambda run: results.get(run.name)  # noqa: E731
@@ -107,8 +113,7 @@ def claims(t: dict, results: dict, scale: Scale) -> list[str]:
                 wins.append(sp["cer"] < sd["cer"] and sp["nonzero_params"] <= 1.15 * sd["nonzero_params"])
                 ev.append(f"{f.upper()} {m.upper()} {wide}: {sp['cer']:.1f} with {sp['nonzero_params'] / 1e3:.0f}k "
                           f"vs dense {small[0].width}: {sd['cer']:.1f} with {sd['nonzero_params'] / 1e3:.0f}k")
-    verdict = "unclear (runs missing)" if not wins else "holds" if all(wins) else "does not hold" if not any(wins) \
-        else "partly holds"
+    verdict = _verdict(wins)
     out.append(f"2. **A wider sparse model beats the small dense model of equal size** — {verdict}: {'; '.join(ev)}.")
     # (3) GLP beats GL at similar sparsity.
     ev, wins = [], []
@@ -118,8 +123,7 @@ def claims(t: dict, results: dict, scale: Scale) -> list[str]:
             wins.append(glp["cer"] < gl["cer"])
             ev.append(f"RNN {width}: GL {gl['cer']:.1f} at {100 * gl['sparsity']:.0f}% vs GLP {glp['cer']:.1f} at "
                       f"{100 * glp['sparsity']:.0f}%")
-    verdict = "unclear (runs missing)" if not wins else "holds" if all(wins) else "does not hold" if not any(wins) \
-        else "partly holds"
+    verdict = _verdict(wins)
     out.append(f"3. **GLP beats GL** — {verdict}: {'; '.join(ev)}.")
     # (4) Smaller blocks reach higher sparsity at similar accuracy (heuristic schedule).
     ev, ok = [], []
@@ -132,7 +136,7 @@ def claims(t: dict, results: dict, scale: Scale) -> list[str]:
             ok.append(sp[0] > sp[-1])
             ev.append(f"{f.upper()}: " + ", ".join(f"{b[0]}×{b[1]} {100 * r['sparsity']:.0f}%/{r['cer']:.1f}" for b, r in rows)
                       + f" (CER spread {max(cers) - min(cers):.1f} points)")
-    verdict = "unclear (runs missing)" if not ok else "holds" if all(ok) else "does not hold" if not any(ok) else "partly holds"
+    verdict = _verdict(ok)
     out.append(f"4. **Smaller blocks reach higher sparsity** (sparsity/CER per block) — {verdict}: {'; '.join(ev)}.")
     return out
 
