@@ -1,4 +1,5 @@
-"""Audio in and out: read any rate or channel count as 16 kHz mono, write WAVs atomically.
+"""Audio in and out: read any rate or channel count as 16 kHz mono, write WAVs atomically,
+and the two signal steps of corpus synthesis (silence trimming, noise at a given SNR).
 
 Every corpus this package handles ends up as 16 kHz mono float32 in [-1, 1], the input of
 the log-mel front end (the paper's models consume 16 kHz spectrograms, §4.1). Files that
@@ -10,6 +11,7 @@ and datasets can count and skip them instead of crashing a long run.
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 from math import gcd
@@ -92,6 +94,32 @@ def audio_info(path: str | os.PathLike) -> tuple[float, int, int]:
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{path}: not a readable audio file, corrupt or unsupported format ({e}).") from None
     return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
+
+
+def trim_silence(wave: np.ndarray, sr: int = SAMPLE_RATE, keep: float = 0.1,
+                 floor_db: float = -40.0) -> np.ndarray:
+    """Cut leading/trailing audio quieter than ``floor_db`` below the loudest 10 ms frame,
+    keeping ``keep`` seconds (zero-padded if the engine gave less) at each end."""
+    hop = sr // 100
+    n = len(wave) // hop
+    if n == 0:
+        return wave
+    energy = (wave[: n * hop].reshape(n, hop) ** 2).mean(axis=1)
+    loud = np.flatnonzero(energy > energy.max() * 10 ** (floor_db / 10))
+    if len(loud) == 0:
+        return wave[:0]
+    pad = int(round(keep * sr))
+    speech = wave[loud[0] * hop:(loud[-1] + 1) * hop]
+    return np.concatenate([np.zeros(pad, np.float32), speech, np.zeros(pad, np.float32)])
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """``wave`` plus white Gaussian noise at ``snr_db`` (powers over the whole wave), scaled
+    down if needed so that the sum stays inside [-1, 1) without clipping (scaling keeps the SNR)."""
+    noise_power = np.mean(wave**2) / 10 ** (snr_db / 10)
+    noisy = wave + rng.standard_normal(len(wave)) * math.sqrt(noise_power)
+    noisy *= min(1.0, 0.999 / np.abs(noisy).max())
+    return noisy.astype(np.float32)
 
 
 def to_int16(wave: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, AudioError, decode_audio, resample, write_wav
+from .audio import SAMPLE_RATE, AudioError, add_noise, decode_audio, resample, trim_silence, write_wav
 from .manifest import read_manifest, write_manifest
 from .text import wordnet_prompts
 
@@ -123,23 +123,6 @@ def _run_engine(job: dict, timeout: float) -> tuple[np.ndarray, int]:
     return decode_audio(proc.stdout, name=f"{cmd[0]} output for {job['id']}")
 
 
-def trim_silence(wave: np.ndarray, sr: int = SAMPLE_RATE, keep: float = 0.1,
-                 floor_db: float = -40.0) -> np.ndarray:
-    """Cut leading/trailing audio quieter than ``floor_db`` below the loudest 10 ms frame,
-    keeping ``keep`` seconds (zero-padded if the engine gave less) at each end."""
-    hop = sr // 100
-    n = len(wave) // hop
-    if n == 0:
-        return wave
-    energy = (wave[: n * hop].reshape(n, hop) ** 2).mean(axis=1)
-    loud = np.flatnonzero(energy > energy.max() * 10 ** (floor_db / 10))
-    if len(loud) == 0:
-        return wave[:0]
-    pad = int(round(keep * sr))
-    speech = wave[loud[0] * hop:(loud[-1] + 1) * hop]
-    return np.concatenate([np.zeros(pad, np.float32), speech, np.zeros(pad, np.float32)])
-
-
 def render(job: dict, out_dir: str, timeout: float = 30.0, retries: int = 2) -> tuple[dict | None, str]:
     """Synthesize one utterance to ``out_dir``; returns (manifest row, "") or (None, reason).
 
@@ -158,13 +141,10 @@ def render(job: dict, out_dir: str, timeout: float = 30.0, retries: int = 2) -> 
     speech = trim_silence(resample(wave, sr, SAMPLE_RATE))
     if len(speech) < SAMPLE_RATE // 4 or not np.any(speech):
         return None, f"{job['id']} ({job['engine']} {job['voice']}): engine produced silence."
-    rng = np.random.default_rng(job["noise_seed"])
     speech = speech * (job["gain"] / np.abs(speech).max())
-    noise_power = np.mean(speech**2) / 10 ** (job["snr_db"] / 10)
-    noisy = speech + rng.standard_normal(len(speech)) * math.sqrt(noise_power)
-    noisy *= min(1.0, 0.999 / np.abs(noisy).max())  # never clip; scaling keeps the SNR
+    noisy = add_noise(speech, job["snr_db"], np.random.default_rng(job["noise_seed"]))
     rel = os.path.join("wav", job["split"], f"{job['id']}.wav")
-    write_wav(os.path.join(out_dir, rel), noisy.astype(np.float32))
+    write_wav(os.path.join(out_dir, rel), noisy)
     row = {"id": job["id"], "path": rel, "text": job["text"], "duration": round(len(noisy) / SAMPLE_RATE, 4),
            "num_samples": len(noisy), "sample_rate": SAMPLE_RATE}
     row.update({k: v for k, v in job.items() if k not in row})

@@ -93,3 +93,27 @@ def test_decode_audio_reads_a_streamed_wav_with_bogus_sizes():
     assert len(resample(x, sr, 16000)) == 1600
     with pytest.raises(AudioError, match="no audio data"):
         decode_audio(b"", "espeak-ng output")
+
+
+def test_trim_silence_keeps_a_tenth_of_a_second_each_side():
+    from bsrnn.data.audio import trim_silence
+    tone = 0.5 * np.sin(2 * np.pi * 200 * np.arange(8000) / 16000).astype(np.float32)
+    wave = np.concatenate([np.zeros(16000, np.float32), tone, np.full(4800, 1e-4, np.float32)])  # -74 dB tail
+    out = trim_silence(wave)
+    assert len(out) == 1600 + 8000 + 1600 and not out[:1600].any() and not out[-1600:].any()
+    np.testing.assert_array_equal(out[1600:-1600], tone)
+    assert len(trim_silence(np.zeros(3200, np.float32))) == 0  # nothing loud: nothing left
+
+
+def test_add_noise_hits_the_snr_without_clipping():
+    from bsrnn.data.audio import add_noise
+    rng = np.random.default_rng(0)
+    wave = (0.9 * np.sin(2 * np.pi * 300 * np.arange(32000) / 16000)).astype(np.float32)
+    for snr in (10.0, 30.0):
+        noisy = add_noise(wave, snr, rng)
+        scale = np.dot(noisy, wave) / np.dot(wave, wave)  # the no-clip rescale, if any
+        noise = noisy - scale * wave
+        measured = 10 * np.log10(np.mean((scale * wave) ** 2) / np.mean(noise**2))
+        assert noisy.dtype == np.float32 and np.abs(noisy).max() < 1.0 and abs(measured - snr) < 0.2
+    again = add_noise(wave, 10.0, np.random.default_rng(5))
+    np.testing.assert_array_equal(again, add_noise(wave, 10.0, np.random.default_rng(5)))
