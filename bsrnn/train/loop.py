@@ -30,7 +30,7 @@ from bsrnn.data.batching import BucketBatchSampler, collate, compute_stats
 from bsrnn.data.features import FeatureStats
 from bsrnn.sparsity import build_method
 
-from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, OptimConfig, ScheduleConfig, config_to_dict, save_config
 from .evaluate import evaluate, final_report, format_report, manifest_for, model_from_config, open_dataset, write_json
 from .metrics import RunLog
@@ -62,9 +62,8 @@ def feature_stats(cfg: Config, run_dir: Path) -> FeatureStats:
     if path.is_file():
         return FeatureStats.load(path)
     cache = cfg.data.cache_dir or str(Path(cfg.data.corpus) / "features")
-    stats = compute_stats(manifest_for(cfg.data, cfg.data.train), cache_dir=cache)
-    stats.save(path)
-    return stats
+    compute_stats(manifest_for(cfg.data, cfg.data.train), cache_dir=cache).save(path)
+    return FeatureStats.load(path)  # a resumed run reads the file: use exactly what it will read
 
 
 def seed_everything(seed: int) -> None:
@@ -98,7 +97,8 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
     optimizer = make_optimizer(cfg.optim, model)
     method = build_method(model, cfg.sparsity, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                           optimizer=optimizer)
-    pos = {"step": 0, "epoch": 0, "batch": 0, "bad_batches": 0, "best_key": [math.inf, math.inf]}
+    pos = {"step": 0, "epoch": 0, "batch": 0, "bad_batches": 0, "best_key": [math.inf, math.inf],
+           "dev_cer": [], "sparsity": [], "seconds": []}  # per-epoch history
 
     last = run_dir / "last.pt"
     if cfg.train.resume and last.is_file():
@@ -111,7 +111,7 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
         tqdm.write(f"resumed {last} at epoch {pos['epoch']}, batch {pos['batch']} (step {pos['step']})")
 
     def checkpoint(path: Path) -> None:
-        save_atomic({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": {"lr": lr_at(pos["step"], cfg.optim, cfg.schedule, steps_per_epoch)},
                      "sparsity": method.state_dict(), "position": dict(pos), "rng": rng_state(),
                      "sampler": {"seed": cfg.train.seed, "epoch": pos["epoch"], "skip": pos["batch"]},
@@ -136,21 +136,25 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
                 # --- the training step ---------------------------------------------------------
                 feats, feat_lens, targets, target_lens, _ = collate([train_set[i] for i in indices])
+                buffers = [b.clone() for b in model.buffers()]  # BN statistics, restored if the batch is bad
                 log_probs, out_lens = model(feats, feat_lens)  # (T', N, 29), (N,)
                 ctc = F.ctc_loss(log_probs, targets, out_lens, target_lens, zero_infinity=True)
                 penalty = method.penalty()
                 loss = ctc + penalty
                 optimizer.zero_grad(set_to_none=True)
                 grad_norm = math.nan
-                if torch.isfinite(loss):
+                if math.isfinite(loss_value := float(loss.detach())):
                     loss.backward()
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                                      cfg.optim.grad_clip or math.inf))
                 if math.isfinite(grad_norm):
                     optimizer.step()
                     method.step(step)  # prune on schedule; masks applied in place
-                else:  # a NaN/inf loss or gradient: skip this batch, never let it touch the weights
+                else:  # a NaN/inf loss or gradient: skip this batch, never let it touch the model
                     optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for b, saved in zip(model.buffers(), buffers):
+                            b.copy_(saved)
                     pos["bad_batches"] += 1
                     tqdm.write(f"step {step}: non-finite loss/gradient, batch skipped "
                                f"({pos['bad_batches']} so far)")
@@ -162,11 +166,11 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
                 pos["step"], pos["batch"] = step + 1, pos["batch"] + 1
                 # ---------------------------------------------------------------------------------
 
-                if math.isfinite(float(loss)):
-                    window.append(float(ctc))
+                if math.isfinite(loss_value):
+                    window.append(float(ctc.detach()))
                 if pos["step"] % cfg.log.every == 0 and window:
                     log.write(pos["step"], "train", epoch=epoch + pos["batch"] / steps_per_epoch,
-                              loss=sum(window) / len(window), penalty=float(penalty), lr=lr,
+                              loss=sum(window) / len(window), penalty=float(penalty.detach()), lr=lr,
                               grad_norm=grad_norm, sparsity=method.sparsity(), bad_batches=pos["bad_batches"],
                               seconds=time.perf_counter() - started)
                     bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", lr=f"{lr:.2e}",
@@ -182,6 +186,9 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
             pos["epoch"], pos["batch"] = epoch + 1, 0
             dev = evaluate(model, dev_set)
+            pos["dev_cer"].append(dev["cer"])
+            pos["sparsity"].append(method.sparsity())
+            pos["seconds"].append(time.perf_counter() - started)
             log.write(pos["step"], "dev", epoch=epoch + 1, loss=dev["loss"], cer=dev["cer"], wer=dev["wer"],
                       sparsity=method.sparsity(), seconds=time.perf_counter() - started)
             tqdm.write(f"epoch {epoch + 1}: dev CER {dev['cer']:.2f}%  WER {dev['wer']:.2f}%  "
@@ -199,6 +206,7 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
     report = final_report(cfg, model, method, stats, [cfg.data.dev, *cfg.data.test],
                           extra={"epochs": cfg.train.epochs, "steps": pos["step"], "bad_batches": pos["bad_batches"],
+                                 "history": {k: pos[k] for k in ("dev_cer", "sparsity", "seconds")},
                                  "train_utterances": len(train_set), "session_seconds": time.perf_counter() - started})
     write_json(report, run_dir / "report.json")
     print(method.report().table())
