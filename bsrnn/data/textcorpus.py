@@ -186,7 +186,14 @@ class Vocab:
         syms = [self.itos[int(i)] for i in ids]
         if self.level == "char":
             return "".join(syms)
-        return " ".join(syms).replace(f" {EOS_WORD} ", "\n").replace(EOS_WORD, "\n")
+        text, line = [], []
+        for s in syms:  # words joined by spaces, <eos> ends a line
+            if s == EOS_WORD:
+                text.append(" ".join(line) + "\n")
+                line = []
+            else:
+                line.append(s)
+        return "".join(text) + " ".join(line)
 
 
 @dataclass
