@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -69,6 +70,30 @@ def _compute(manifest: Path, logmel: LogMel) -> dict:
     return data
 
 
+def _load_cache(path: Path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # unreadable for any reason: the features can always be recomputed
+        warnings.warn(f"{path}: feature cache unreadable ({type(e).__name__}: {e}); recomputing it.",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _save_cache(data: dict, path: Path) -> None:
+    """Atomic, and safe when two runs (say, two trainings in parallel) fill the same cache:
+    each writes its own temp file, and the last complete one wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(data, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class SpeechDataset(torch.utils.data.Dataset):
     """Items ``(features (T, n_mels) float32 normalised, target LongTensor, utt_id)``.
 
@@ -86,15 +111,11 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise ValueError(f"feature statistics were computed with {stats.settings} but this dataset uses "
                              f"{self.logmel.settings()}; recompute them with compute_stats.")
         cache = _cache_file(self.manifest, self.logmel, Path(cache_dir)) if cache_dir else None
-        if cache is not None and cache.exists():
-            data = torch.load(cache, weights_only=True)
-        else:
+        data = _load_cache(cache) if cache is not None and cache.exists() else None
+        if data is None:
             data = _compute(self.manifest, self.logmel)
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(f".{cache.name}.tmp")
-                torch.save(data, tmp)
-                os.replace(tmp, cache)  # a killed run never leaves a truncated cache behind
+                _save_cache(data, cache)
         self.raw_features = data["features"]  # (sum T, n_mels) float16, unnormalised
         self.lengths: list[int] = data["lengths"].tolist()
         self.ids: list[str] = list(data["ids"])
@@ -111,6 +132,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        i = range(len(self.ids))[i]  # negative indices; IndexError past the end
         f = self.raw_features[self._offsets[i]:self._offsets[i + 1]].float()
         if self.stats is not None:
             f = self.stats.normalize(f)

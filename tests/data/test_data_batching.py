@@ -36,6 +36,21 @@ def test_items_and_caching(tone_manifest, tmp_path):
         p.unlink()
     again = SpeechDataset(tone_manifest, None, cache_dir=cache)
     assert torch.equal(again[1][0], feats) and again.lengths == ds.lengths
+    assert again[-1][2] == "u3"
+    with pytest.raises(IndexError):
+        again[4]
+
+
+def test_unreadable_cache_is_recomputed(tone_manifest, tmp_path):
+    cache = tmp_path / "cache"
+    ds = SpeechDataset(tone_manifest, None, cache_dir=cache)
+    path = next(cache.glob("m.*.pt"))
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.warns(RuntimeWarning, match="feature cache unreadable .*; recomputing it"):
+        again = SpeechDataset(tone_manifest, None, cache_dir=cache)
+    assert torch.equal(again.raw_features, ds.raw_features)
+    assert torch.load(path, weights_only=True)["lengths"].tolist() == ds.lengths  # rewritten whole
+    assert [p.name for p in cache.iterdir()] == [path.name]
 
 
 def test_cache_invalidated_by_manifest_or_settings(tone_manifest, tmp_path):
