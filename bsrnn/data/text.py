@@ -12,6 +12,7 @@ transcripts surface as one clear error at import time instead of a silent hole i
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,8 +36,13 @@ _PROMPT_OK = re.compile(rf"{_WORD}(?: {_WORD})*")
 
 
 def normalize(text: str) -> str:
-    """Lower-case; hyphens become spaces; drop , ; : ! ? . and quotes; collapse spaces."""
-    text = _STRIP.sub("", text.lower().translate(_TRANSLATE))
+    """Lower-case; hyphens become spaces; drop , ; : ! ? . and quotes; collapse spaces.
+
+    Accents are removed (café -> cafe: NFKD, then combining marks dropped), since a reader
+    says the same letters. Digits and other symbols stay, so ``encode`` reports them.
+    """
+    text = unicodedata.normalize("NFKD", text.lower().translate(_TRANSLATE))
+    text = _STRIP.sub("", "".join(ch for ch in text if not unicodedata.combining(ch)))
     return _SPACES.sub(" ", text).strip()
 
 

@@ -16,6 +16,7 @@ def test_alphabet_layout():
 def test_normalize():
     assert normalize('  Hello, World!  It’s a well-known "thing";  OK?  ') == "hello world it's a well known thing ok"
     assert normalize("a:b.c") == "abc"
+    assert normalize("Café NAÏVE façade 2") == "cafe naive facade 2"  # the digit is left for encode
 
 
 def test_encode_decode_roundtrip():
