@@ -33,7 +33,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _main_job(args: argparse.Namespace) -> int:
     from .mainjob import run_main_job
     run_main_job(corpus=args.corpus, runs=args.runs, out=args.out, overrides=args.set or [],
-                 fresh=args.fresh)
+                 fresh=args.fresh, parallel=not args.sequential)
     return 0
 
 
@@ -65,4 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="overrides applied to both runs, e.g. train.epochs=1")
     p.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
+    p.add_argument("--sequential", action="store_true",
+                   help="train the two models one after the other with train.threads each, in this process "
+                        "(default: both at once, 1 thread each, same throughput on 2 cores)")
     p.set_defaults(func=_main_job)

@@ -12,15 +12,18 @@ them. Sized by CALIBRATION.md to take about 20 minutes on 2 cores.
 
 from __future__ import annotations
 
+import json
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bsrnn.data.batching import SpeechDataset
 from bsrnn.data.synth import synthesize
 
 from .config import load_config
@@ -41,6 +44,7 @@ def result_row(report: dict, label: str) -> dict:
             "layer_sparsity": report["sparsity_layers"]["layer_sparsity"],
             "cer": {s: r["cer"] for s, r in report["splits"].items()},
             "wer": {s: r["wer"] for s, r in report["splits"].items()},
+            "dev_cer_per_epoch": report["history"]["dev_cer"], "sparsity_per_epoch": report["history"]["sparsity"],
             "run_dir": report["run_dir"], "session_seconds": report["session_seconds"]}
 
 
@@ -56,27 +60,68 @@ def paper_table(rows: list[dict], split: str = TEST_SPLIT) -> str:
     return "\n".join(lines)
 
 
+def _train_in_parallel(jobs: dict[str, tuple[Path, list[str]]]) -> None:
+    """Run ``bsrnn train`` for each config at once, one thread each, echoing their epoch lines.
+
+    Two 1-thread runs have the throughput of one 2-thread run (CALIBRATION.md §3) and degrade far
+    more gracefully on a shared machine, where 2-thread OpenMP regions stall on busy cores.
+    """
+    procs, logs = {}, {}
+    for name, (run_dir, sets) in jobs.items():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logs[name] = open(run_dir / "train.log", "a")
+        cmd = [sys.executable, "-m", "bsrnn", "train", "--config", str(CONFIG_DIR / f"{name}.toml"),
+               "--set", *sets, "train.threads=1", "log.progress=false"]
+        procs[name] = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT)
+        print(f"started {name}: {run_dir / 'train.log'}", flush=True)
+    seen = {name: 0 for name in jobs}
+    while procs:
+        time.sleep(5)
+        for name in list(procs):
+            lines = Path(logs[name].name).read_text(errors="replace").splitlines()
+            for line in lines[seen[name]:]:
+                if line.startswith(("epoch", "resumed", "run ", "parameters", "  ")) and "└" not in line:
+                    print(f"[{name}] {line}", flush=True)
+            seen[name] = len(lines)
+            if procs[name].poll() is not None:
+                code = procs.pop(name).returncode
+                logs[name].close()
+                if code != 0:
+                    for p in procs.values():
+                        p.terminate()
+                    tail = "\n".join(lines[-15:])
+                    raise RuntimeError(f"training {name} failed (exit {code}); end of {logs[name].name}:\n{tail}")
+
+
 def run_main_job(corpus: str = "data/corpus", runs: str = "runs/main", out: str = "benchmarks/main",
-                 overrides: list[str] = (), fresh: bool = False) -> dict:
+                 overrides: list[str] = (), fresh: bool = False, parallel: bool = True) -> dict:
     started = time.perf_counter()
     manifests = synthesize(corpus, workers=2)  # verifies and returns at once when already there
     synth_seconds = time.perf_counter() - started
-    rows = []
-    for name, label in RUNS:
-        cfg = load_config(CONFIG_DIR / f"{name}.toml", list(overrides))
-        cfg.data.corpus = str(corpus)
-        cfg.train.run_dir = str(Path(runs) / name)
-        if fresh and Path(cfg.train.run_dir).exists():
-            shutil.rmtree(cfg.train.run_dir)
-        report = train(cfg)
-        rows.append(result_row(report, label))
+    sets = {}
+    for name, _ in RUNS:
+        run_dir = Path(runs) / name
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        # JSON strings are TOML strings: paths survive the --set parser whatever they look like
+        sets[name] = [f"data.corpus={json.dumps(str(corpus))}", f"train.run_dir={json.dumps(str(run_dir))}",
+                      *overrides]
+    if parallel:
+        for split in manifests.values():  # one process fills the feature cache; the runs only read it
+            SpeechDataset(split, None, cache_dir=Path(corpus) / "features")
+        _train_in_parallel({name: (Path(runs) / name, sets[name]) for name, _ in RUNS})
+    else:
+        for name, _ in RUNS:
+            train(load_config(CONFIG_DIR / f"{name}.toml", sets[name]))
+    rows = [result_row(json.loads((Path(runs) / name / "report.json").read_text()), label) for name, label in RUNS]
     table = paper_table(rows)
     command = "bsrnn main " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["main"] \
         else "bsrnn main"
     total = time.perf_counter() - started
     result = {"command": command, "rows": rows, "test_split": TEST_SPLIT, "corpus": str(corpus),
+              "parallel": parallel, "dev_cer_per_epoch": {r["model"]: r["dev_cer_per_epoch"] for r in rows},
               "splits": {k: str(v) for k, v in manifests.items()}, "synth_seconds": synth_seconds,
-              "total_seconds": total, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "total_seconds": total, "torch": torch.__version__,
               "python": platform.python_version(), "machine": platform.machine()}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +130,8 @@ def run_main_job(corpus: str = "data/corpus", runs: str = "runs/main", out: str 
                        f"unseen voices, {r['cer'].get('dev', float('nan')):.2f} % on dev" for r in rows)
     md = (f"# Main job: dense vs 4×4 block-pruned GRU (BSRNN Table 2 format)\n\n"
           f"Command: `{command}` — {total / 60:.1f} min in total on this machine "
-          f"(corpus {synth_seconds:.0f} s), torch {torch.__version__}, {torch.get_num_threads()} threads.\n\n"
+          f"(corpus {synth_seconds:.0f} s), torch {torch.__version__}, "
+          f"{'both runs in parallel, 1 thread each' if parallel else 'runs in sequence'}.\n\n"
           f"CER (%) on the `{TEST_SPLIT}` split (prompts never seen in training). "
           f"# Params counts nonzero parameters; Sparsity is against the whole dense model.\n\n"
           f"{table}\n\n{unseen}\n")
