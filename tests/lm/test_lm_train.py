@@ -1,0 +1,110 @@
+"""The LM training loop: sparse-throughout methods hold their sparsity, exact resume, errors, CLI."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from bsrnn.train.lm import load_lm, load_lm_config, train_lm
+from bsrnn.train.lm_cli import main as lm_main
+from bsrnn.train.loop import TrainingDiverged
+
+WORDS = "the a cat dog sat ran on in under big small red house tree".split()
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    rng = random.Random(0)
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(300)))
+    return path
+
+
+def tiny(tmp_path, corpus, run="run", *extra):
+    return load_lm_config(None, [
+        "data.source=text", f"data.path={json.dumps(str(corpus))}", f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}",
+        "model.emb=8", "model.hidden=16", "train.batch_size=4", "train.bptt=8", "train.steps=12",
+        "train.warmup_steps=2", "train.eval_every=4", "train.eval_tokens=200", "train.checkpoint_every=100",
+        f"train.run_dir={json.dumps(str(tmp_path / run))}", "log.tensorboard=false", "log.progress=false",
+        "log.every=2", "sparsity.exclude=['decoder.*']", *extra])
+
+
+@pytest.mark.parametrize("method", ["static", "rigl", "set"])
+def test_sparse_throughout_holds_its_sparsity_at_every_step(tmp_path, corpus, method):
+    cfg = tiny(tmp_path, corpus, "r", f"sparsity.method={method}", "sparsity.target=0.75", "sparsity.freq=2")
+    seen, masks = [], []
+
+    def check(step, model, m):
+        seen.append(m.sparsity())
+        for name, p in model.named_parameters():
+            if name in m.masks.params:  # pruned blocks hold exact zeros in the weights themselves
+                assert not p.detach()[~m.masks.keep(name)].any(), (step, name)
+                assert float(m.masks.block_masks[name].float().mean()) == pytest.approx(0.25)
+        masks.append({k: v.clone() for k, v in m.masks.block_masks.items()})
+
+    report = train_lm(cfg, on_step=check)
+    assert len(seen) == 12 and all(s == pytest.approx(0.75) for s in seen)
+    changed = any(not torch.equal(a[k], b[k]) for a, b in zip(masks, masks[1:]) for k in a)
+    assert changed == (method != "static")  # RigL/SET move blocks, static never does
+    assert report["sparsity"]["layer_sparsity"] == pytest.approx(0.75)
+    assert {r["name"] for r in report["sparsity"]["rows"]} == {"rnn.weight_ih_l0", "rnn.weight_hh_l0"}
+
+
+@pytest.mark.parametrize("method", ["rigl", "bp"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, method):
+    sets = [f"sparsity.method={method}", "sparsity.target=0.75", "sparsity.freq=2", "model.dropout=0.1"]
+    if method == "bp":
+        sets += ["sparsity.start=2", "sparsity.ramp=4", "sparsity.end=8"]
+    whole = train_lm(tiny(tmp_path, corpus, "whole", *sets))
+    stopped = train_lm(tiny(tmp_path, corpus, "split", *sets, "train.max_steps=5"))
+    assert stopped["stopped_at"]["step"] == 5
+    resumed = train_lm(tiny(tmp_path, corpus, "split", *sets))
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k  # bit-exact on CPU
+    for k, v in a["sparsity"]["masks"].items():
+        assert torch.equal(v, b["sparsity"]["masks"][k]), k
+    assert resumed["test_loss"] == whole["test_loss"] and resumed["sparsity"] == whole["sparsity"]
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, corpus):
+    cfg = tiny(tmp_path, corpus, "nan", "optim.lr=inf", "train.warmup_steps=0",
+               "train.max_bad_batches=3")  # the first step blows the weights up to inf/NaN
+    with pytest.raises(TrainingDiverged, match=r"4 windows had a non-finite loss .*train.max_bad_batches = 3"):
+        train_lm(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bptt=0", "config key train.bptt must be >= 1, got 0"),
+    ("model.rnn_type=rnn", "config key model.rnn_type = 'rnn' is not one of lstm, gru"),
+    ("model.hidden=big", "config key model.hidden must be int, got 'big'"),
+    ("data.levels=char", "config key data.levels is unknown"),
+    ("sparsity.method=magic", "sparsity.method 'magic' is not one of"),
+])
+def test_config_errors_are_one_sentence(override, message):
+    with pytest.raises(ValueError) as e:
+        load_lm_config(None, [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_trains_samples_and_reports_bad_input(tmp_path, corpus, capsys):
+    cfg_path = tmp_path / "lm.toml"
+    cfg_path.write_text('[train]\nsteps = 6\n')
+    run = tmp_path / "cli"
+    sets = [f"data.path={json.dumps(str(corpus))}", "data.source=text", f"train.run_dir={json.dumps(str(run))}",
+            f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}", "model.hidden=16", "model.emb=8",
+            "train.batch_size=4", "train.bptt=8", "log.tensorboard=false", "log.progress=false"]
+    assert lm_main(["lm-train", "--config", str(cfg_path), "--set", *sets]) == 0
+    assert "bits/char" in capsys.readouterr().out
+    report = json.loads((run / "report.json").read_text())
+    assert report["steps"] == 6 and report["nonzero_params"] == report["params"]
+    assert lm_main(["lm-sample", str(run / "last.pt"), "--chars", "40", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert lm_main(["lm-sample", str(run / "last.pt"), "--chars", "40", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first and len(first) >= 41  # the prime newline + 40 characters
+    model, vocab, cfg = load_lm(run / "last.pt")
+    assert len(vocab) == model.decoder.out_features and cfg.train.steps == 6
+    assert lm_main(["lm-train", "--set", "train.stepz=1"]) == 2
+    assert "config key train.stepz is unknown" in capsys.readouterr().err
