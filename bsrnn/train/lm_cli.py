@@ -2,15 +2,32 @@
 
 ``register(subparsers)`` adds both commands (the ``bsrnn`` index lists this module); the module
 also runs alone: ``python -m bsrnn.train.lm_cli lm-train --config configs/lm_char_lstm.toml``.
+``is_lm_config`` lets ``bsrnn train`` hand a language-model config to ``lm_train``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
+from pathlib import Path
+
+# Keys only a language-model config has (the speech config's [data] names a corpus of manifests).
+LM_KEYS = (("data", "source"), ("data", "level"), ("train", "bptt"), ("model", "emb"), ("model", "tie"))
 
 
-def _train(args: argparse.Namespace) -> int:
+def is_lm_config(path: str | None, overrides=()) -> bool:
+    """Whether ``bsrnn train --config path --set overrides`` describes a language model."""
+    from .config import parse_override
+    try:
+        raw = tomllib.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
+    except tomllib.TOMLDecodeError:
+        raw = {}  # not ours to report: the speech loader names the bad file
+    keys = {tuple(parse_override(o)[0][:2]) for o in overrides}
+    return any(k in keys or k[1] in raw.get(k[0], {}) for k in LM_KEYS)
+
+
+def lm_train(args: argparse.Namespace) -> int:
     from .lm import load_lm_config, train_lm
     from .loop import TrainingDiverged
     cfg = load_lm_config(args.config, args.set or [])
@@ -30,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
+def lm_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .lm import load_lm, sample
@@ -49,7 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="TOML run configuration (configs/lm_*.toml)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="override config keys, e.g. train.steps=500 model.rnn_type=gru")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=lm_train)
 
     p = subparsers.add_parser("lm-sample", help="sample text from a language-model checkpoint")
     p.add_argument("checkpoint", help="last.pt or best.pt written by bsrnn lm-train")
@@ -57,7 +74,7 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--prime", default="\\n", help="text to start from (default a newline, a document start)")
-    p.set_defaults(func=_sample)
+    p.set_defaults(func=lm_sample)
 
 
 def main(argv: list[str] | None = None) -> int:

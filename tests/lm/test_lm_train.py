@@ -108,3 +108,18 @@ def test_cli_trains_samples_and_reports_bad_input(tmp_path, corpus, capsys):
     assert len(vocab) == model.decoder.out_features and cfg.train.steps == 6
     assert lm_main(["lm-train", "--set", "train.stepz=1"]) == 2
     assert "config key train.stepz is unknown" in capsys.readouterr().err
+
+
+def test_shipped_lm_configs_load_and_are_recognised_as_lm():
+    from pathlib import Path
+
+    from bsrnn.train.lm_cli import is_lm_config
+    configs = sorted(Path(__file__).resolve().parents[2].glob("configs/lm_*.toml"))
+    assert len(configs) >= 3
+    for path in configs:
+        cfg = load_lm_config(path)
+        assert cfg.sparsity.exclude == ["decoder.*"], path  # the output layer is never pruned (paper §5)
+        assert is_lm_config(str(path))
+    speech = Path(__file__).resolve().parents[2] / "configs" / "main_dense.toml"
+    assert not is_lm_config(str(speech)) and not is_lm_config(None, ["optim.lr=1e-3"])
+    assert is_lm_config(None, ["data.level=word"])
