@@ -6,8 +6,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,11 @@ from bsrnn.data.manifest import read_manifest
 from bsrnn.data.synth import (DEFAULT_N_UTTS, ESPEAK_ACCENTS, ESPEAK_VARIANTS, FLITE_VOICES, MEAN_SECONDS, SPLITS,
                               UNSEEN_ESPEAK_ACCENTS, UNSEEN_ESPEAK_VARIANTS, UNSEEN_FLITE_VOICES, plan_corpus,
                               render, split_sizes, synthesize)
+
+
+# Short prompts for the tests that only need many utterances quickly (30 distinct phrases).
+SHORT_PROMPTS = [f"say {c} {w}" for c in "red green blue black white pink gold grey brown tan".split()
+                 for w in ("now", "then", "soon")]
 
 
 @pytest.fixture
@@ -103,7 +110,7 @@ def test_resume_repairs_deleted_truncated_and_journalled_files(tiny_corpus, tiny
 
 
 def test_killed_run_leaves_no_half_files_and_resumes(tmp_path, tiny):
-    sizes = dict(tiny, n_utts=16)
+    sizes = dict(tiny, n_utts=16, prompts=SHORT_PROMPTS)
     code = (f"from bsrnn.data.synth import synthesize; synthesize({str(tmp_path / 'k')!r}, workers=1, "
             f"**{sizes!r})")
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -121,6 +128,56 @@ def test_killed_run_leaves_no_half_files_and_resumes(tmp_path, tiny):
     synthesize(tmp_path / "k", workers=2, **sizes)
     synthesize(tmp_path / "ref", workers=2, **sizes)
     assert _snapshot(tmp_path / "k") == _snapshot(tmp_path / "ref")
+
+
+def _pool_workers() -> list[int]:
+    """Direct child processes of this test process (the pool's workers; the TTS engines they
+    start are grandchildren)."""
+    me, kids = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny):
+    sizes = dict(tiny, n_utts=24, prompts=SHORT_PROMPTS)
+    journal = tmp_path / ".journal.jsonl"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            if journal.exists() and journal.read_text().count("\n") >= 2 and _pool_workers():
+                victim = _pool_workers()[0]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    with pytest.warns(RuntimeWarning, match=r"a synthesis worker process died; restarting the pool for the \d+"):
+        manifests = synthesize(tmp_path, workers=2, **sizes)
+    thread.join()
+    assert killed
+    rows = [r for m in manifests.values() for r in read_manifest(m)]
+    assert len(rows) == 24
+    for r in rows:
+        assert sf.info(r["path"]).frames == r["num_samples"]
+
+
+def test_a_damaged_manifest_is_rebuilt(tiny_corpus, tiny, tmp_path):
+    ref, _, _ = tiny_corpus
+    out = tmp_path / "c"
+    shutil.copytree(ref, out)
+    (out / "dev.jsonl").write_text('{"id": "dev-000000", "path": \n')
+    with pytest.warns(RuntimeWarning, match=r"dev\.jsonl:1: not valid JSON .* The manifest will be rebuilt"):
+        synthesize(out, workers=1, **tiny)
+    assert _snapshot(out) == _snapshot(ref)
 
 
 def test_failed_synthesis_is_skipped_with_a_counted_warning(tmp_path, tts):
