@@ -1,0 +1,251 @@
+"""Export: trained dense-with-zeros weights -> a block-sparse (BSR) file, and back.
+
+The paper's point (BSRNN §1, §6; PAPER.md §9 figures 5–6) is that block-sparse weights make
+inference faster and the model smaller. Training hands us ordinary dense weights holding zeros
+(DESIGN.md "flow of data"); this module turns the pruned matrices into BSR — per matrix the
+nonzero blocks' ``values`` (nnzb, R, C) fp32, their block-column ``indices`` and the block-row
+pointers ``indptr`` (int32, the layout KERNELS.md §2 counts bytes for) — and keeps every other
+tensor (biases, norms, convolutions) dense so the whole model can be rebuilt.
+
+File format: one safetensors file (never pickle, so loading runs no code). Arrays are named
+``<param>.values|indices|indptr`` for sparse matrices and ``<param>`` for dense tensors; the
+safetensors metadata key ``bsrnn`` holds a JSON header: format version, per-matrix shape, block,
+gate slices (a block never straddles two gates, DESIGN.md rule 5), kind and nnzb; the recurrent
+modules' hyper-parameters (so ``rnn.py`` can rebuild them) and the source config. ``load``
+checks the header against the arrays and raises one clear ``ValueError`` when they disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..sparsity.blocks import Block, as_matrix, gate_rows, parse_block
+
+FORMAT = "bsrnn-bsr"
+VERSION = 1
+
+
+@dataclass(eq=False)
+class BsrMatrix:
+    """One block-sparse matrix: ``values`` (nnzb, R, C) fp32, ``indices`` (nnzb,) and ``indptr``
+    (M/R + 1,) int32. ``shape`` is the original tensor shape (a conv kernel is tiled as its
+    (out, in*k) matrix view). Kernels cache their prepared layouts in ``cache`` (built once)."""
+
+    shape: tuple[int, ...]
+    block: Block
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    gates: int = 1
+    name: str = "weight"
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return as_matrix(self.shape)
+
+    @property
+    def nnzb(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def density(self) -> float:
+        m, k = self.matrix_shape
+        return self.nnzb * self.block[0] * self.block[1] / max(1, m * k)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the sparse structure (values + indices + row pointers)."""
+        return self.values.nbytes + self.indices.nbytes + self.indptr.nbytes
+
+    def to_dense(self) -> torch.Tensor:
+        m, k = self.matrix_shape
+        r, c = self.block
+        w = np.zeros((m // r, k // c, r, c), np.float32)
+        rows = np.repeat(np.arange(m // r), np.diff(self.indptr))
+        w[rows, self.indices] = self.values
+        return torch.from_numpy(w.transpose(0, 2, 1, 3).reshape(self.shape).copy())
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming this matrix when its arrays are inconsistent."""
+        m, k = self.matrix_shape
+        r, c = self.block
+        where = f"sparse matrix {self.name}"
+        if m % r or k % c:
+            raise ValueError(f"{where}: block {r}×{c} does not tile its {m}×{k} matrix")
+        nbr, nbc = m // r, k // c
+        if self.indptr.shape != (nbr + 1,):
+            raise ValueError(f"{where}: indptr has {self.indptr.shape[0]} entries, expected {nbr + 1} (block rows + 1)")
+        if self.values.shape != (self.nnzb, r, c):
+            raise ValueError(f"{where}: values have shape {self.values.shape}, expected {(self.nnzb, r, c)}")
+        if self.indptr[0] != 0 or self.indptr[-1] != self.nnzb or np.any(np.diff(self.indptr) < 0):
+            raise ValueError(f"{where}: indptr must rise from 0 to nnzb={self.nnzb}")
+        if self.nnzb and (self.indices.min() < 0 or self.indices.max() >= nbc):
+            raise ValueError(f"{where}: block-column indices must lie in [0, {nbc})")
+        if self.values.dtype != np.float32 or self.indices.dtype != np.int32 or self.indptr.dtype != np.int32:
+            raise ValueError(f"{where}: values must be float32 and indices/indptr int32")
+
+
+def to_bsr(weight: torch.Tensor | np.ndarray, block: Block | int | str, gates: int = 1, *,
+           name: str = "weight") -> BsrMatrix:
+    """Keep exactly the blocks that hold a nonzero; the round trip ``to_dense`` is exact."""
+    w = torch.as_tensor(weight).detach().to("cpu", torch.float32)
+    r, c = parse_block(block)
+    m, k = as_matrix(w.shape)
+    if gates < 1 or m % gates or (m // gates) % r or k % c:
+        raise ValueError(f"{name}: block {r}×{c} does not tile each of its {gates} gate(s) of the "
+                         f"{m}×{k} matrix; choose a block dividing {m // max(gates, 1)} and {k}")
+    # gates are stacked along rows and each gate height is a multiple of R, so tiling the whole
+    # matrix is tiling gate by gate
+    t = w.reshape(m // r, r, k // c, c).permute(0, 2, 1, 3)  # (nbr, nbc, R, C)
+    keep = (t != 0).flatten(2).any(-1)  # (nbr, nbc)
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major: block-row order
+    indptr = np.zeros(m // r + 1, np.int32)
+    np.cumsum(keep.sum(1).numpy(), out=indptr[1:])
+    return BsrMatrix(tuple(w.shape), (r, c), indptr, cols.numpy().astype(np.int32),
+                     np.ascontiguousarray(t[rows, cols].numpy()), gates, name)
+
+
+def recurrent_config(module: nn.Module) -> dict | None:
+    """The hyper-parameters needed to rebuild an ``nn.RNN/GRU/LSTM`` (None for other modules)."""
+    if not isinstance(module, nn.RNNBase):
+        return None
+    mode = {"GRU": "GRU", "LSTM": "LSTM"}.get(module.mode, "RNN")
+    cfg = {"type": mode, "input_size": module.input_size, "hidden_size": module.hidden_size,
+           "num_layers": module.num_layers, "bidirectional": module.bidirectional,
+           "batch_first": module.batch_first, "bias": module.bias}
+    if mode == "RNN":
+        cfg["nonlinearity"] = module.nonlinearity
+    if getattr(module, "proj_size", 0):
+        cfg["proj_size"] = module.proj_size
+    return cfg
+
+
+@dataclass(eq=False)
+class ExportedModel:
+    """A loaded (or freshly exported) model: sparse matrices, dense tensors and the header."""
+
+    sparse: dict[str, BsrMatrix]
+    dense: dict[str, torch.Tensor]
+    modules: dict[str, dict] = field(default_factory=dict)  # recurrent module configs by name
+    config: dict = field(default_factory=dict)  # the source run's resolved config
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor back in dense form, ready for ``model.load_state_dict``."""
+        out = {n: m.to_dense() for n, m in self.sparse.items()}
+        out.update(self.dense)
+        return out
+
+    def size_report(self) -> list[dict]:
+        """Per sparse matrix: dense fp32 bytes, BSR bytes and their ratio; a total row last."""
+        rows = []
+        for n, m in self.sparse.items():
+            d = 4 * math.prod(m.shape)
+            rows.append({"name": n, "shape": list(m.shape), "block": list(m.block), "density": m.density,
+                         "dense_bytes": d, "sparse_bytes": m.nbytes, "ratio": d / max(1, m.nbytes)})
+        d = sum(r["dense_bytes"] for r in rows)
+        s = sum(r["sparse_bytes"] for r in rows)
+        o = sum(t.numel() * t.element_size() for t in self.dense.values())
+        rows.append({"name": "total (sparse matrices)", "dense_bytes": d, "sparse_bytes": s,
+                     "ratio": d / max(1, s), "other_dense_bytes": o})
+        return rows
+
+
+def export_model(model: nn.Module, block: Block | int | str = (4, 4), *, include=(), exclude=(),
+                 config: dict | None = None) -> ExportedModel:
+    """Pure: the model's prunable matrices (``select_targets`` rules) as BSR, the rest dense."""
+    from ..sparsity.targets import select_targets  # export time only; load needs just blocks.py
+
+    targets = {t.name: t for t in select_targets(model, block, include=include, exclude=exclude)}
+    sparse, dense = {}, {}
+    for name, tensor in model.state_dict().items():
+        if name in targets:
+            sparse[name] = to_bsr(tensor, block, targets[name].gates, name=name)
+        else:
+            dense[name] = tensor.detach().cpu().clone()
+    modules = {n: c for n, m in model.named_modules() if (c := recurrent_config(m))}
+    return ExportedModel(sparse, dense, modules, dict(config or {}))
+
+
+def _header(exp: ExportedModel) -> dict:
+    sparse = {}
+    for n, m in exp.sparse.items():
+        sparse[n] = {"shape": list(m.shape), "block": list(m.block), "gates": m.gates, "nnzb": m.nnzb,
+                     "gate_slices": [[s.start, s.stop] for s in gate_rows(m.matrix_shape[0], m.gates)]}
+    dense = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for n, t in exp.dense.items()}
+    return {"format": FORMAT, "version": VERSION, "sparse": sparse, "dense": dense,
+            "modules": exp.modules, "config": exp.config}
+
+
+def save(exp: ExportedModel, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename) so that no half-written file is left behind."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for n, m in exp.sparse.items():
+        tensors[f"{n}.values"] = torch.from_numpy(m.values)
+        tensors[f"{n}.indices"] = torch.from_numpy(m.indices)
+        tensors[f"{n}.indptr"] = torch.from_numpy(m.indptr)
+    tensors.update({n: t.contiguous() for n, t in exp.dense.items()})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"bsrnn": json.dumps(_header(exp))})
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike) -> ExportedModel:
+    """Read a file written by ``save``; header and arrays must agree (else ``ValueError``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        head = json.loads(meta["bsrnn"])
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(f"{path}: no bsrnn JSON header in the safetensors metadata; was it written by bsrnn export?") from None
+    if head.get("format") != FORMAT or head.get("version") != VERSION:
+        raise ValueError(f"{path}: header format {head.get('format')!r} v{head.get('version')} is not {FORMAT!r} v{VERSION}")
+
+    def take(key: str) -> torch.Tensor:
+        if key not in arrays:
+            raise ValueError(f"{path}: the header names array {key!r} but the file has no such array")
+        return arrays.pop(key)
+
+    sparse = {}
+    for n, h in head["sparse"].items():
+        m = BsrMatrix(tuple(h["shape"]), tuple(h["block"]), take(f"{n}.indptr").numpy(), take(f"{n}.indices").numpy(),
+                      take(f"{n}.values").numpy(), int(h["gates"]), n)
+        try:
+            m.validate()
+            if m.nnzb != h["nnzb"]:
+                raise ValueError(f"sparse matrix {n}: header says nnzb={h['nnzb']} but the arrays hold {m.nnzb} blocks")
+            if gate_rows(m.matrix_shape[0], m.gates)[0].stop % m.block[0]:
+                raise ValueError(f"sparse matrix {n}: block height {m.block[0]} straddles its {m.gates} gates")
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        sparse[n] = m
+    dense = {}
+    for n, h in head["dense"].items():
+        t = take(n)
+        if list(t.shape) != h["shape"]:
+            raise ValueError(f"{path}: dense tensor {n} has shape {list(t.shape)} but the header says {h['shape']}")
+        dense[n] = t
+    if arrays:
+        raise ValueError(f"{path}: arrays {sorted(arrays)[:5]} are not described by the header")
+    return ExportedModel(sparse, dense, head.get("modules", {}), head.get("config", {}))

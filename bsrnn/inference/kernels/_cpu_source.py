@@ -1,0 +1,233 @@
+"""C++ source of the ``cpu`` kernel (compiled on first use by ``cpu.py``; KERNELS.md §5, §8).
+
+Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
+
+* ``vec`` (B < 16): each block's R·C values are 16-lane vectors multiplied lane-wise with the
+  x slice they meet (a 4-wide x slice is broadcast to 16 lanes by one ``vbroadcastf32x4``), NB
+  batch columns at once from a transposed x, reduced once per block row. No gather buffer and
+  no per-block horizontal sums: one weight load feeds NB FMAs — the weight bytes, the roofline's
+  numerator, are read exactly once.
+* ``bfma`` (B >= 16 and the 1×1/CSR case): register-blocked micro-kernel; each weight is
+  broadcast against a 16/32/64-wide row of x (row-major (K, B)), RC rows × NV vectors of
+  accumulators, S interleaved partial sums so FMA latency never limits short blocks.
+
+Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
+compiler targets them), so code generation does not depend on an auto-vectoriser's mood — the
+numba pitfalls of KERNELS.md §6. Threads take contiguous block-row ranges balanced by nnz.
+"""
+
+SOURCE = r"""
+// Block-sparse (BSR) x dense kernels, explicit SIMD through GCC vector extensions.
+#include <cstdint>
+#include <cstring>
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+typedef float v2 __attribute__((vector_size(8)));
+typedef int64_t i64;
+typedef int32_t i32;
+
+static inline v16 ld16(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
+static inline void st16(float* p, v16 v) { std::memcpy(p, &v, 64); }
+static inline float hsum(v16 v) {
+  v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return b[0] + b[1] + b[2] + b[3];
+}
+// The C-wide slice of x a 16-lane weight vector multiplies: tiled when C < 16.
+template <int C> static inline v16 xtile(const float* p) {
+  if constexpr (C >= 16) { return ld16(p); }
+#ifdef __AVX512F__
+  // one vbroadcastf32x4/x8 from memory; GCC's generic widening shuffle goes through the stack
+  else if constexpr (C == 4) { return (v16)_mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+#ifdef __AVX512DQ__
+  else if constexpr (C == 8) { return (v16)_mm512_broadcast_f32x8(_mm256_loadu_ps(p)); }
+#endif
+#endif
+  else if constexpr (C == 1) { return (v16){} + p[0]; }
+  else { v16 v; for (int i = 0; i < 16; ++i) v[i] = p[i % C]; return v; }
+}
+
+// "vec" path, small batch: Xt is (B, K) (one x per row), NB columns at a time. Each block's
+// R*C values are NV 16-lane vectors multiplied lane-wise with x, accumulated per block row,
+// reduced once per block row; CH vectors per pass keep NB*CH accumulators in registers.
+template <int R, int C, int NB>
+static void vec_rows(const i32* indptr, const i32* idx, const float* V, const float* Xt, i64 ldx,
+                     float* Y, i64 ldy, i64 ib0, i64 ib1, i64 j0) {
+  constexpr int NV = R * C / 16;
+  constexpr int CH0 = 16 / NB < 1 ? 1 : 16 / NB;
+  constexpr int CH = NV < CH0 ? NV : CH0;
+  constexpr int RPV = C >= 16 ? 1 : 16 / C;   // rows per vector
+  constexpr int VPR = C >= 16 ? C / 16 : 1;   // vectors per row
+  for (i64 ib = ib0; ib < ib1; ++ib) {
+    const i64 p0 = indptr[ib], p1 = indptr[ib + 1];
+    float out[NB][R];
+    for (int v0 = 0; v0 < NV; v0 += CH) {
+      // S interleaved partial sums so that short blocks still have >= 4 FMA chains in flight
+      constexpr int S = NB * CH >= 4 ? 1 : 4 / (NB * CH);
+      v16 acc[S][NB][CH];
+#pragma GCC unroll 4
+      for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+        for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 16
+          for (int v = 0; v < CH; ++v) acc[s][j][v] = (v16){};
+      i64 p = p0;
+      for (; p + S <= p1; p += S) {
+#pragma GCC unroll 4
+        for (int s = 0; s < S; ++s) {
+          const float* w = V + (p + s) * (R * C) + v0 * 16;
+          const float* xs = Xt + (i64)idx[p + s] * C;
+#pragma GCC unroll 16
+          for (int v = 0; v < CH; ++v) {
+            const v16 wv = ld16(w + 16 * v);
+            const int coff = C >= 16 ? ((v0 + v) * 16) % C : 0;
+#pragma GCC unroll 16
+            for (int j = 0; j < NB; ++j) acc[s][j][v] += wv * xtile<C>(xs + j * ldx + coff);
+          }
+        }
+      }
+      for (; p < p1; ++p) {
+        const float* w = V + p * (R * C) + v0 * 16;
+        const float* xs = Xt + (i64)idx[p] * C;
+#pragma GCC unroll 16
+        for (int v = 0; v < CH; ++v) {
+          const v16 wv = ld16(w + 16 * v);
+          const int coff = C >= 16 ? ((v0 + v) * 16) % C : 0;
+#pragma GCC unroll 16
+          for (int j = 0; j < NB; ++j) acc[0][j][v] += wv * xtile<C>(xs + j * ldx + coff);
+        }
+      }
+#pragma GCC unroll 4
+      for (int s = 1; s < S; ++s)
+        for (int j = 0; j < NB; ++j)
+          for (int v = 0; v < CH; ++v) acc[0][j][v] += acc[s][j][v];
+      for (int j = 0; j < NB; ++j)
+        for (int v = 0; v < CH; ++v) {
+          const int vv = v0 + v;
+          if constexpr (C >= 16) {
+            const int r = vv / VPR;
+            const float s = hsum(acc[0][j][v]);
+            if (vv % VPR == 0) out[j][r] = s; else out[j][r] += s;
+          } else {
+            for (int q = 0; q < RPV; ++q) {
+              float s = 0.f;
+              for (int c = 0; c < C; ++c) s += acc[0][j][v][q * C + c];
+              out[j][vv * RPV + q] = s;
+            }
+          }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NB; ++j) Y[(ib * R + r) * ldy + j0 + j] = out[j][r];
+  }
+}
+
+// "bfma" path, larger batch: X is (K, B) row-major. A tile of NV vectors (of type T) of batch
+// columns per output row, RC rows per pass, S independent partial sums to hide FMA latency;
+// each weight is broadcast once against the x row it multiplies.
+template <typename T> static inline T ldT(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
+template <typename T> static inline void stT(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
+template <int R, int C, typename T, int NV>
+static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const float* X, i64 ldx,
+                      float* Y, i64 ldy, i64 ib0, i64 ib1, i64 b0) {
+  constexpr int W = sizeof(T) / sizeof(float);
+  constexpr int RC0 = 16 / NV < 1 ? 1 : 16 / NV;
+  constexpr int RC = R < RC0 ? R : RC0;
+  constexpr int S = RC * NV >= 8 ? 1 : (RC * NV >= 4 ? 2 : (RC * NV >= 2 ? 4 : 8));
+  for (i64 ib = ib0; ib < ib1; ++ib) {
+    const i64 p0 = indptr[ib], p1 = indptr[ib + 1];
+    for (int r0 = 0; r0 < R; r0 += RC) {
+      T acc[S][RC][NV];
+#pragma GCC unroll 16
+      for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+        for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+          for (int n = 0; n < NV; ++n) acc[s][r][n] = (T){} ;
+      i64 p = p0;
+      for (; p + S <= p1; p += S) {
+#pragma GCC unroll 8
+        for (int s = 0; s < S; ++s) {
+          const float* w = V + (p + s) * (R * C) + r0 * C;
+          const float* xr = X + (i64)idx[p + s] * C * ldx + b0;
+#pragma GCC unroll 4
+          for (int c = 0; c < C; ++c) {
+            T xv[NV];
+#pragma GCC unroll 16
+            for (int n = 0; n < NV; ++n) xv[n] = ldT<T>(xr + c * ldx + n * W);
+#pragma GCC unroll 16
+            for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+              for (int n = 0; n < NV; ++n) acc[s][r][n] += w[r * C + c] * xv[n];
+          }
+        }
+      }
+      for (; p < p1; ++p) {
+        const float* w = V + p * (R * C) + r0 * C;
+        const float* xr = X + (i64)idx[p] * C * ldx + b0;
+        for (int c = 0; c < C; ++c)
+#pragma GCC unroll 16
+          for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+            for (int n = 0; n < NV; ++n) acc[0][r][n] += w[r * C + c] * ldT<T>(xr + c * ldx + n * W);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+        for (int n = 0; n < NV; ++n) {
+          T a = acc[0][r][n];
+          for (int s = 1; s < S; ++s) a += acc[s][r][n];
+          stT<T>(Y + (ib * R + r0 + r) * ldy + b0 + n * W, a);
+        }
+    }
+  }
+}
+
+// One thread's share of block rows, all batch columns: wide tiles first, narrower for the rest.
+template <int R, int C>
+static void rows(const i32* indptr, const i32* idx, const float* V, const float* X, const float* Xt,
+                 i64 K, float* Y, i64 B, i64 ib0, i64 ib1) {
+  i64 j = 0;
+  if (Xt) {  // small batch: vec path on the transposed x
+    if constexpr (R * C >= 16 && (C >= 16 ? C % 16 == 0 : 16 % C == 0)) {
+      for (; j + 8 <= B; j += 8) vec_rows<R, C, 8>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j + 4 <= B; j += 4) vec_rows<R, C, 4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j + 2 <= B; j += 2) vec_rows<R, C, 2>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j < B; ++j) vec_rows<R, C, 1>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      return;
+    }
+  }
+  for (; j + 64 <= B; j += 64) bfma_rows<R, C, v16, 4>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+  for (; j + 32 <= B; j += 32) bfma_rows<R, C, v16, 2>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+  for (; j + 16 <= B; j += 16) bfma_rows<R, C, v16, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+  for (; j + 8 <= B; j += 8) bfma_rows<R, C, v8, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+  for (; j + 4 <= B; j += 4) bfma_rows<R, C, v4, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+  for (; j < B; ++j) bfma_rows<R, C, float, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+}
+
+template <int R, int C>
+static void run(const i32* indptr, const i32* idx, const float* V, const i64* bounds, int nt,
+                const float* X, const float* Xt, i64 K, float* Y, i64 B) {
+  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, K, Y, B, bounds[0], bounds[1]); return; }
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    rows<R, C>(indptr, idx, V, X, Xt, K, Y, B, bounds[t], bounds[t + 1]);
+  }
+}
+
+extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const float* V, const i64* bounds,
+                      int nt, const float* X, const float* Xt, i64 K, float* Y, i64 B) {
+#define CASE(r, c) if (R == r && C == c) { run<r, c>(indptr, idx, V, bounds, nt, X, Xt, K, Y, B); return 0; }
+  CASE(1, 1) CASE(4, 4) CASE(8, 8) CASE(16, 16) CASE(32, 32)
+
+#undef CASE
+  return -1;
+}
+"""

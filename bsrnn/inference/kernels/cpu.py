@@ -1,0 +1,226 @@
+"""The fast CPU kernels: ``cpu`` (compiled C++, see ``_cpu_source.py``) and ``numba``.
+
+``numba`` is the row-packed gather-and-dot kernel of KERNELS.md §5 (per block row one
+contiguous R×(n·C) panel; gather the needed x rows, BB-way dot products; unsigned indices,
+§6), kept both as the no-compiler fallback and as the measured anchor the benchmarks must beat.
+
+``cpu`` is compiled once per machine with the system C++ compiler (``$CXX`` or g++/c++,
+``-O3 -march=native -fopenmp``) into ``$BSRNN_CACHE`` (default ``~/.cache/bsrnn``), named by a
+hash of source, flags and CPU, built in a temporary file and renamed (so concurrent first uses
+are safe) and loaded through ctypes. Without a compiler, when the build fails, for block shapes
+it has no specialisation for, or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs the numba kernel
+— with the same results, only slower. Both split block rows over threads by nonzero blocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import Kernel, register
+from ._cpu_source import SOURCE
+
+CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+SPECIALISED = {(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)}  # the CASE list in the source
+VEC_MAX_BATCH = 16  # below this batch the vec path (transposed x) beats register-blocked bfma
+
+_threads = None
+
+
+def num_threads() -> int:
+    """Threads the kernels use: ``set_num_threads`` or else the CPUs this process may run on."""
+    return _threads or len(os.sched_getaffinity(0))
+
+
+def set_num_threads(n: int) -> None:
+    global _threads
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, not {n}")
+    _threads = int(n)
+
+
+def balance(indptr: np.ndarray, nt: int) -> np.ndarray:
+    """Block-row boundaries giving each of ``nt`` threads about the same number of blocks."""
+    c = indptr.astype(np.int64)
+    cuts = [int(np.searchsorted(c, c[-1] * t / nt)) for t in range(1, nt)]
+    return np.array([0] + cuts + [len(indptr) - 1], np.int64)
+
+
+# --------------------------------------------------------------------------- numba (§5)
+U64 = np.uint64
+_NUMBA: dict = {}
+
+
+def _rowdot(R: int, C: int, BB: int):
+    """Generated so that R, C and BB are compile-time constants (KERNELS.md §5)."""
+    if (R, C, BB) in _NUMBA:
+        return _NUMBA[R, C, BB]
+    from numba import njit, prange
+
+    L = ["def kern(indptr, indices, Wp, off, X, out, bounds, Lmax):",
+         "    B = U(X.shape[1])",
+         "    for t in prange(bounds.shape[0] - 1):",
+         f"        xg = np.empty(({BB}, Lmax), np.float32)",
+         "        for ib in range(U(bounds[t]), U(bounds[t + 1])):",
+         "            p0 = U(indptr[ib]); p1 = U(indptr[ib + U(1)])",
+         f"            L = (p1 - p0) * U({C}); base = U(off[ib])",
+         f"            for b0 in range(U(0), B - U({BB - 1}), U({BB})):",
+         "                q = U(0)",
+         "                for p in range(p0, p1):",
+         f"                    k0 = U(indices[p]) * U({C})",
+         f"                    for cc in range(U({C})):"]
+    L += [f"                        xg[{j}, q] = X[k0 + cc, b0 + U({j})]" for j in range(BB)]
+    L += ["                        q += U(1)",
+          f"                for rr in range(U({R})):",
+          "                    rowb = base + rr * L"]
+    L += [f"                    s{j} = np.float32(0.0)" for j in range(BB)]
+    L += ["                    for i in range(L):", "                        w = Wp[rowb + i]"]
+    L += [f"                        s{j} += w * xg[{j}, i]" for j in range(BB)]
+    L += [f"                    out[ib * U({R}) + rr, b0 + U({j})] = s{j}" for j in range(BB)]
+    g = {"np": np, "U": U64, "prange": prange}
+    exec("\n".join(L), g)
+    _NUMBA[R, C, BB] = k = njit(parallel=True, fastmath=True, cache=False)(g["kern"])
+    return k
+
+
+def pack_rows(mat) -> tuple[np.ndarray, np.ndarray]:
+    """BSR blocks -> one row-major (R, n·C) panel per block row, plus panel offsets."""
+    nbr, (R, C) = len(mat.indptr) - 1, mat.block
+    off = np.zeros(nbr + 1, np.int64)
+    off[1:] = np.cumsum(np.diff(mat.indptr).astype(np.int64) * R * C)
+    Wp = np.empty(off[-1], np.float32)
+    for ib in range(nbr):
+        blk = mat.values[mat.indptr[ib]:mat.indptr[ib + 1]]
+        Wp[off[ib]:off[ib + 1]] = blk.transpose(1, 0, 2).reshape(-1)
+    return Wp, off
+
+
+class Numba(Kernel):
+    """KERNELS.md §5 as published; ``bb`` fixes the batch tile (default: min(B, 8), then 4, 2, 1)."""
+
+    name = "numba"
+
+    def __init__(self, bb: int | None = None, name: str | None = None):
+        self.bb = bb
+        if name:
+            self.name = name
+
+    def _prepare(self, mat):
+        Wp, off = pack_rows(mat)
+        lmax = int(np.diff(mat.indptr).max(initial=0)) * mat.block[1]
+        return {"mat": mat, "Wp": Wp, "off": off, "Lmax": max(lmax, 1), "bounds": {}}
+
+    def _run(self, st, x, out):
+        mat = st["mat"]
+        m, B = mat.matrix_shape[0], x.shape[1]
+        y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
+        nt = num_threads()
+        bounds = st["bounds"].get(nt)
+        if bounds is None:
+            bounds = st["bounds"][nt] = balance(mat.indptr, nt)
+        j = 0
+        for bb in ((self.bb,) if self.bb else (8, 4, 2, 1)):
+            if B - j >= bb:  # the kernel covers whole tiles of bb columns
+                cols = (B - j) // bb * bb
+                xs, ys = x[:, j:j + cols], np.empty((m, cols), np.float32)
+                _rowdot(*mat.block, bb)(mat.indptr, mat.indices, st["Wp"], st["off"], np.ascontiguousarray(xs),
+                                         ys, bounds, st["Lmax"])
+                y[:, j:j + cols] = ys
+                j += cols
+        if j < B:  # only with a fixed bb: the leftover columns one by one
+            for jj in range(j, B):
+                ys = np.empty((m, 1), np.float32)
+                _rowdot(*mat.block, 1)(mat.indptr, mat.indices, st["Wp"], st["off"],
+                                       np.ascontiguousarray(x[:, jj:jj + 1]), ys, bounds, st["Lmax"])
+                y[:, jj] = ys[:, 0]
+        return y
+
+
+# --------------------------------------------------------------------------- compiled C++
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(l for l in f if l.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        return platform.processor()
+
+
+def _build() -> ctypes.CDLL | None:
+    if os.environ.get("BSRNN_CPU_KERNEL") == "numba":
+        return None
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        return None
+    key = hashlib.sha256("\n".join([SOURCE, cxx, " ".join(CXX_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
+    so = cache / f"bsr_cpu_{key}.so"
+    if not so.exists():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                src = Path(tmp) / "bsr_cpu.cpp"
+                src.write_text(SOURCE)
+                subprocess.run([cxx, *CXX_FLAGS, str(src), "-o", str(Path(tmp) / "k.so")], check=True,
+                               capture_output=True, timeout=600)
+                os.replace(Path(tmp) / "k.so", so)
+        except (OSError, subprocess.SubprocessError) as e:
+            warnings.warn(f"bsrnn: building the C++ cpu kernel failed ({e}); using the numba kernel")
+            return None
+    lib = ctypes.CDLL(str(so))
+    P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.bsr_mm.argtypes = [I, I, P, P, P, P, I, P, P, L, P, L]
+    lib.bsr_mm.restype = I
+    return lib
+
+
+_LIB: list = []
+
+
+def compiled() -> ctypes.CDLL | None:
+    """The compiled library (built on first use), or None when only numba is available."""
+    if not _LIB:
+        _LIB.append(_build())
+    return _LIB[0]
+
+
+class Cpu(Kernel):
+    name = "cpu"
+
+    def _prepare(self, mat):
+        if compiled() is None or tuple(mat.block) not in SPECIALISED:
+            return {"mat": mat, "fallback": True}
+        st = {"mat": mat, "values": np.ascontiguousarray(mat.values), "bounds": {}}
+        st["ptrs"] = (mat.indptr.ctypes.data, mat.indices.ctypes.data, st["values"].ctypes.data)
+        return st
+
+    def _run(self, st, x, out):
+        mat = st["mat"]
+        if "fallback" in st:
+            return _FALLBACK._run(_FALLBACK.prepare(mat), x, out)
+        (m, k), (R, C), B = mat.matrix_shape, mat.block, x.shape[1]
+        y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
+        nt = num_threads()
+        bounds = st["bounds"].get(nt)
+        if bounds is None:
+            bounds = st["bounds"][nt] = balance(mat.indptr, nt)
+        xt = None
+        if B < VEC_MAX_BATCH and R * C >= 16:
+            xt = x if B == 1 else np.ascontiguousarray(x.T)
+        rc = compiled().bsr_mm(R, C, *st["ptrs"], bounds.ctypes.data, nt, x.ctypes.data,
+                               None if xt is None else xt.ctypes.data, k, y.ctypes.data, B)
+        if rc:
+            raise RuntimeError(f"cpu kernel has no specialisation for block {R}×{C}")
+        return y
+
+
+_FALLBACK = register(Numba())
+register(Cpu())
