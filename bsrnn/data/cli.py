@@ -15,8 +15,11 @@ from .importers import import_jsonl, import_librispeech, import_pocketsphinx_tes
 from .manifest import read_manifest
 from .synth import DEFAULT_N_UTTS, synthesize
 
+DEFAULT_CORPUS = "data/corpus"  # where the trainer's default configuration looks for it
+
 
 def _synth(args: argparse.Namespace) -> int:
+    args.out = args.out_option or args.out or Path(DEFAULT_CORPUS)
     start = time.perf_counter()
     manifests = synthesize(args.out, n_utts=args.n_utts, hours=args.hours, seed=args.seed, workers=args.workers,
                            dev_size=args.dev_size, test_size=args.test_size,
@@ -58,7 +61,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub = data.add_subparsers(dest="data_command", required=True)
 
     p = sub.add_parser("synth", help="generate the embedded TTS corpus (resumable, deterministic)")
-    p.add_argument("--out", type=Path, required=True, help="corpus folder (manifests + wav/)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("out", nargs="?", type=Path, default=None, help=f"corpus folder (default {DEFAULT_CORPUS})")
+    where.add_argument("--out", dest="out_option", type=Path, default=None, help="the same, as an option")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--n-utts", type=int, default=None,
                       help=f"utterances over all splits (default {DEFAULT_N_UTTS})")

@@ -28,6 +28,18 @@ def test_synth_and_stats(tmp_path, capsys, tts):
     assert "2 utterances" in text and "voices: " in text and ("espeak-ng:" in text or "flite:" in text)
 
 
+def test_synth_folder_as_argument_or_option(tmp_path, capsys, tts, monkeypatch):
+    small = ["--n-utts", "4", "--dev-size", "1", "--test-size", "1", "--unseen-voice-test-size", "1", "--quiet",
+             "--workers", "1"]
+    _run(["data", "synth", str(tmp_path / "pos"), *small])
+    assert (tmp_path / "pos" / "train.jsonl").is_file()
+    monkeypatch.chdir(tmp_path)  # no folder given: data/corpus, where the trainer looks
+    _run(["data", "synth", *small])
+    assert (tmp_path / "data" / "corpus" / "train.jsonl").is_file()
+    with pytest.raises(SystemExit):
+        _run(["data", "synth", "a", "--out", "b"])
+
+
 def test_synth_sizes_are_exclusive(tmp_path):
     with pytest.raises(SystemExit):
         _run(["data", "synth", "--out", str(tmp_path), "--n-utts", "5", "--hours", "1"])
