@@ -187,7 +187,7 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
     """
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(lm_config_to_dict(cfg), indent=2) + "\n")
+    _write_json(lm_config_to_dict(cfg), run_dir / "config.json")  # the resolved config beside the outputs
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -297,11 +297,14 @@ def final_report(cfg: LMConfig, model, method, corpus: TextCorpus, pos: dict, ru
               "sparsity": method.report().to_dict(), "steps": pos["step"], "bad_batches": pos["bad_batches"],
               "train_seconds": pos["seconds"], "level": corpus.vocab.level, **{
                   f"{name}_{k}": v[k] for name, v in splits.items() for k in ("loss", "ppl", "bits")}}
-    path = run_dir / "report.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    _write_json(report, run_dir / "report.json")
     return report
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # write-then-rename: never a half-written file
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
 
 
 @torch.no_grad()
