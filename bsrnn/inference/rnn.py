@@ -1,0 +1,248 @@
+"""Sparse recurrent runtime: block-sparse RNN (tanh, ReLU, clipped ReLU), GRU and LSTM layers for
+inference over a whole sequence (PAPER.md §6 models, §9 figures 5–6; KERNELS.md §8 "fused gates").
+
+Per layer and direction the input projection of *all* time steps is one batched sparse GEMM
+(W_ih · X with X of T·B columns — the compute-bound, well-vectorised case), then each step does
+one recurrent sparse GEMV/GEMM W_hh · h (the bandwidth-bound case the paper speeds up, its
+weights staying in cache step after step) and one fused, compiled gate update in place. The
+math is PyTorch's (gate order GRU r,z,n; LSTM i,f,g,o; ``b_hn`` inside the reset product), so
+outputs match ``nn.RNN/GRU/LSTM`` on the same weights to float tolerance.
+
+``SparseRecurrent.from_module`` converts a dense(-with-zeros) torch module, ``from_exported`` a
+module of an exported file, and ``sparsify_`` swaps every recurrent module of a loaded model
+for its sparse counterpart — the hook for running a whole exported speech model this way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+from torch import nn
+
+from . import kernels
+from .export import BsrMatrix, ExportedModel, recurrent_config, to_bsr
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+@njit(fastmath=True, cache=False)
+def _sigmoid(v):
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+@njit(fastmath=True)
+def _gru_cell(gi, gh, bhn, h):
+    """gi (B, 3H) holds x-projection + b_ih + (b_hr, b_hz, 0); gh (3H, B) = W_hh·h; h (H, B)."""
+    H, B = h.shape
+    for b in range(B):
+        for i in range(H):
+            r = _sigmoid(gi[b, i] + gh[i, b])
+            z = _sigmoid(gi[b, H + i] + gh[H + i, b])
+            n = math.tanh(gi[b, 2 * H + i] + r * (gh[2 * H + i, b] + bhn[i]))
+            h[i, b] = n + z * (h[i, b] - n)
+
+
+@njit(fastmath=True)
+def _lstm_cell(gi, gh, h, c):
+    """gi (B, 4H) holds x-projection + b_ih + b_hh; gates i, f, g, o."""
+    H, B = h.shape
+    for b in range(B):
+        for k in range(H):
+            ig = _sigmoid(gi[b, k] + gh[k, b])
+            fg = _sigmoid(gi[b, H + k] + gh[H + k, b])
+            gg = math.tanh(gi[b, 2 * H + k] + gh[2 * H + k, b])
+            og = _sigmoid(gi[b, 3 * H + k] + gh[3 * H + k, b])
+            c[k, b] = fg * c[k, b] + ig * gg
+            h[k, b] = og * math.tanh(c[k, b])
+
+
+@njit(fastmath=True)
+def _rnn_cell(gi, gh, h, relu, clip):
+    """tanh, or ReLU clipped at ``clip`` (DeepSpeech2's min(max(x, 0), 20); clip <= 0: none)."""
+    H, B = h.shape
+    for b in range(B):
+        for i in range(H):
+            v = gi[b, i] + gh[i, b]
+            if relu:
+                v = max(v, 0.0)
+                if clip > 0.0:
+                    v = min(v, clip)
+            else:
+                v = math.tanh(v)
+            h[i, b] = v
+
+
+class SparseRecurrent(nn.Module):
+    """Inference-only stand-in for ``nn.RNN/GRU/LSTM`` with block-sparse weights.
+
+    ``weights[layer][direction]`` is a dict with ``w_ih``/``w_hh`` (``BsrMatrix``) and ``b_ih``/
+    ``b_hh`` (float32 arrays or None). ``forward(x, hx=None)`` follows PyTorch's conventions:
+    x (T, B, I) or (B, T, I) when ``batch_first``; returns (output, h_n) or (output, (h_n, c_n)).
+    """
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, weights: list[list[dict]], *,
+                 batch_first: bool = False, nonlinearity: str = "tanh", clip: float | None = None,
+                 kernel: str = "cpu"):
+        super().__init__()
+        if mode not in GATES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(GATES)}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity {nonlinearity!r} must be 'tanh' or 'relu'")
+        self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
+        self.num_layers, self.num_directions = len(weights), len(weights[0])
+        self.bidirectional = self.num_directions == 2
+        self.batch_first, self.nonlinearity, self.clip = batch_first, nonlinearity, clip
+        self.weights, self.kernel = weights, kernels.get(kernel)
+        G, H = GATES[mode], hidden_size
+        for layer, dirs in enumerate(weights):
+            insize = input_size if layer == 0 else H * self.num_directions
+            for d in dirs:
+                for key, shape in (("w_ih", (G * H, insize)), ("w_hh", (G * H, H))):
+                    if d[key].matrix_shape != shape:
+                        raise ValueError(f"{d[key].name}: shape {d[key].matrix_shape} should be {shape} for a "
+                                         f"{mode} of hidden size {H} (layer {layer})")
+                self.kernel.prepare(d["w_ih"])  # layouts are built once, here, never per call
+                self.kernel.prepare(d["w_hh"])
+                d["bias_x"], d["bhn"] = self._fold_biases(d, G, H)
+
+    def _fold_biases(self, d: dict, G: int, H: int):
+        """One bias added to the input projection; GRU keeps b_hn (it sits inside r * (...))."""
+        zero = np.zeros(G * H, np.float32)
+        b_ih = zero if d.get("b_ih") is None else np.asarray(d["b_ih"], np.float32)
+        b_hh = zero if d.get("b_hh") is None else np.asarray(d["b_hh"], np.float32)
+        if self.mode == "GRU":
+            return b_ih + np.concatenate([b_hh[:2 * H], zero[:H]]), np.ascontiguousarray(b_hh[2 * H:])
+        return b_ih + b_hh, None
+
+    def extra_repr(self) -> str:
+        return (f"{self.mode}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, kernel={self.kernel.name})")
+
+    def _direction(self, d: dict, xs: np.ndarray, h: np.ndarray, c: np.ndarray | None, reverse: bool) -> np.ndarray:
+        T, B, _ = xs.shape
+        G, H = GATES[self.mode], self.hidden_size
+        # all time steps' input projections as one (G·H, T·B) sparse GEMM, then (T, B, G·H)
+        gi = self.kernel(d["w_ih"], np.ascontiguousarray(xs.reshape(T * B, -1).T))
+        gi = np.ascontiguousarray(gi.T).reshape(T, B, G * H)
+        gi += d["bias_x"]
+        gh = np.empty((G * H, B), np.float32)
+        out = np.empty((T, H, B), np.float32)
+        relu, clip = self.nonlinearity == "relu", float(self.clip or 0.0)
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            self.kernel(d["w_hh"], h, gh)
+            if self.mode == "GRU":
+                _gru_cell(gi[t], gh, d["bhn"], h)
+            elif self.mode == "LSTM":
+                _lstm_cell(gi[t], gh, h, c)
+            else:
+                _rnn_cell(gi[t], gh, h, relu, clip)
+            out[t] = h
+        return out.transpose(0, 2, 1)  # (T, B, H)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, hx=None):
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            raise ValueError("SparseRecurrent takes padded (T, B, I) tensors, not a PackedSequence")
+        squeeze = x.dim() == 2
+        xs = x.detach().float().cpu()
+        xs = xs.unsqueeze(1) if squeeze else (xs.transpose(0, 1) if self.batch_first else xs)  # (T, B, I)
+        T, B = xs.shape[:2]
+        L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
+        h0 = np.zeros((L * D, B, H), np.float32) if h0 is None else h0.detach().float().cpu().reshape(L * D, B, H).numpy()
+        c0 = np.zeros((L * D, B, H), np.float32) if c0 is None else c0.detach().float().cpu().reshape(L * D, B, H).numpy()
+        hn, cn = np.empty_like(h0), np.empty_like(c0)
+        inp = xs.numpy()
+        for layer in range(L):
+            outs = []
+            for k, d in enumerate(self.weights[layer]):
+                i = layer * D + k
+                h = np.ascontiguousarray(h0[i].T)  # (H, B): the kernels' column layout
+                c = np.ascontiguousarray(c0[i].T) if self.mode == "LSTM" else None
+                outs.append(self._direction(d, inp, h, c, reverse=k == 1))
+                hn[i] = h.T
+                if c is not None:
+                    cn[i] = c.T
+            inp = np.concatenate(outs, axis=2) if D == 2 else outs[0]  # (T, B, D·H)
+        out = torch.from_numpy(np.ascontiguousarray(inp))
+        out = out.squeeze(1) if squeeze else (out.transpose(0, 1) if self.batch_first else out)
+        hn_t = torch.from_numpy(hn).squeeze(1) if squeeze else torch.from_numpy(hn)
+        if self.mode == "LSTM":
+            cn_t = torch.from_numpy(cn).squeeze(1) if squeeze else torch.from_numpy(cn)
+            return out, (hn_t, cn_t)
+        return out, hn_t
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_tensors(cls, cfg: dict, get, block, *, clip=None, kernel: str = "cpu", prefix: str = ""):
+        """``get(param_name)`` returns a tensor or a ``BsrMatrix`` (dense ones are converted)."""
+        if cfg.get("proj_size"):
+            raise ValueError(f"{prefix or 'module'}: LSTM with proj_size is not supported by the sparse runtime")
+        G = GATES[cfg["type"]]
+        weights = []
+        for layer in range(cfg["num_layers"]):
+            dirs = []
+            for sfx in ("", "_reverse")[: 2 if cfg["bidirectional"] else 1]:
+                d = {}
+                for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    name = f"{prefix}{key}_l{layer}{sfx}"
+                    v = get(name) if (cfg.get("bias", True) or key.startswith("weight")) else None
+                    if key.startswith("weight"):
+                        d["w" + key[6:]] = v if isinstance(v, BsrMatrix) else to_bsr(v, _tiling(v, block, G), G, name=name)
+                    else:
+                        d["b" + key[4:]] = None if v is None else v.detach().float().numpy()
+                dirs.append(d)
+            weights.append(dirs)
+        return cls(cfg["type"], cfg["input_size"], cfg["hidden_size"], weights, batch_first=cfg["batch_first"],
+                   nonlinearity=cfg.get("nonlinearity", "tanh"), clip=clip, kernel=kernel)
+
+    @classmethod
+    def from_module(cls, module: nn.RNNBase, block=(4, 4), *, clip=None, kernel: str = "cpu"):
+        """Sparse copy of a dense(-with-zeros) ``nn.RNN/GRU/LSTM``: exactly its nonzero blocks."""
+        cfg = recurrent_config(module)
+        if cfg is None:
+            raise ValueError(f"{type(module).__name__} is not an nn.RNN, nn.GRU or nn.LSTM")
+        params = dict(module.named_parameters())
+        return cls.from_tensors(cfg, params.__getitem__, block, clip=clip, kernel=kernel)
+
+    @classmethod
+    def from_exported(cls, exp: ExportedModel, name: str, *, clip=None, kernel: str = "cpu"):
+        """The recurrent module ``name`` of an exported model (its config is in the header)."""
+        if name not in exp.modules:
+            raise ValueError(f"exported model has no recurrent module {name!r}; it has {sorted(exp.modules) or 'none'}")
+
+        def get(p):
+            return exp.sparse[p] if p in exp.sparse else exp.dense[p]
+
+        blocks = [m.block for m in exp.sparse.values()]
+        return cls.from_tensors(exp.modules[name], get, blocks[0] if blocks else (1, 1), clip=clip,
+                                kernel=kernel, prefix=f"{name}." if name else "")
+
+
+def _tiling(w: torch.Tensor, block, gates: int):
+    """The requested block when it tiles ``w`` gate by gate, else 1×1 (CSR) — always exact."""
+    r, c = block
+    return (r, c) if (w.shape[0] // gates) % r == 0 and w.shape[1] % c == 0 else (1, 1)
+
+
+def sparsify_(model: nn.Module, exported: ExportedModel | None = None, *, block=(4, 4), clip=None,
+              kernel: str = "cpu") -> list[str]:
+    """Replace every ``nn.RNN/GRU/LSTM`` of ``model`` by a ``SparseRecurrent`` (in place).
+
+    Weights come from ``exported`` when given (the module names must match), else from the
+    module itself. Returns the replaced module names. Models whose recurrent modules take
+    PackedSequence inputs need their forward to pass padded tensors instead.
+    """
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.RNNBase):
+            continue
+        new = (SparseRecurrent.from_exported(exported, name, clip=clip, kernel=kernel) if exported is not None
+               else SparseRecurrent.from_module(module, block, clip=clip, kernel=kernel))
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(parent, name.rpartition(".")[2], new)
+        replaced.append(name)
+    return replaced
