@@ -66,6 +66,23 @@ def feature_stats(cfg: Config, run_dir: Path) -> FeatureStats:
     return FeatureStats.load(path)  # a resumed run reads the file: use exactly what it will read
 
 
+# What a resumed run may change: where it stops, how it logs, how many threads it uses.
+RESUME_FREE = {"train": {"max_steps", "resume", "threads", "checkpoint_every", "max_bad_batches", "run_dir"},
+               "log": None, "data": {"cache_dir", "corpus"}}
+
+
+def check_resumable(saved: dict, current: dict, path: Path) -> None:
+    """Refuse to continue a run under a config that would make it a different run."""
+    for section, values in current.items():
+        free = RESUME_FREE.get(section, set())
+        if free is None:
+            continue
+        for key, value in values.items():
+            if key not in free and saved.get(section, {}).get(key) != value:
+                raise ValueError(f"{path} was trained with {section}.{key} = {saved.get(section, {}).get(key)!r}, "
+                                 f"not {value!r}; use another train.run_dir, or train.resume=false to start over")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -103,6 +120,7 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
     last = run_dir / "last.pt"
     if cfg.train.resume and last.is_file():
         ckpt = load_checkpoint(last)
+        check_resumable(json.loads(ckpt["config"]), config_to_dict(cfg), last)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt["sparsity"])
@@ -112,10 +130,10 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
     def checkpoint(path: Path) -> None:
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": {"lr": lr_at(pos["step"], cfg.optim, cfg.schedule, steps_per_epoch)},
-                     "sparsity": method.state_dict(), "position": dict(pos), "rng": rng_state(),
-                     "sampler": {"seed": cfg.train.seed, "epoch": pos["epoch"], "skip": pos["batch"]},
-                     "config": json.dumps(config_to_dict(cfg))}, path)
+                         "scheduler": {"lr": lr_at(pos["step"], cfg.optim, cfg.schedule, steps_per_epoch)},
+                         "sparsity": method.state_dict(), "position": dict(pos), "rng": rng_state(),
+                         "sampler": {"seed": cfg.train.seed, "epoch": pos["epoch"], "skip": pos["batch"]},
+                         "config": json.dumps(config_to_dict(cfg))}, path)
 
     log = RunLog(run_dir, tensorboard=cfg.log.tensorboard)
     window: list[float] = []  # losses since the last log row

@@ -94,6 +94,12 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(corpus, tmp_path
     assert report["sparsity"] > 0.3 and report["splits"]["test"]["utterances"] == 2
 
 
+def test_resuming_under_a_different_config_is_refused(corpus, tmp_path):
+    train(tiny(corpus, tmp_path / "run", "train.epochs=1"))
+    with pytest.raises(ValueError, match="last.pt was trained with optim.lr = 0.0015, not 0.01; use another"):
+        train(tiny(corpus, tmp_path / "run", "train.epochs=1", "optim.lr=0.01"))
+
+
 def test_eval_command_scores_a_checkpoint(corpus, tmp_path):
     train(tiny(corpus, tmp_path / "run", "train.epochs=1", "log.tensorboard=true"))
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
