@@ -7,6 +7,7 @@ those, plus the per-layer sparsity table of the sparsity core, and writes them a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -81,7 +82,7 @@ def final_report(cfg: Config, model: DeepSpeech2, method, stats: FeatureStats, s
     """Parameters, nonzero parameters, per-layer sparsity and CER/WER on each split."""
     params, nonzero = count_parameters(model)
     sparsity_report = method.report()
-    report = {"run_dir": cfg.train.run_dir, "model": cfg.model.preset, "spec": model.spec.__dict__,
+    report = {"run_dir": cfg.train.run_dir, "model": cfg.model.preset, "spec": dataclasses.asdict(model.spec) if hasattr(model, "spec") else {},
               "algorithm": cfg.sparsity.method, "block": list(cfg.sparsity.block),
               "params": params, "nonzero_params": nonzero, "sparsity": 1.0 - nonzero / params,
               "sparsity_layers": sparsity_report.to_dict(), "splits": {}, **(extra or {})}

@@ -227,6 +227,6 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
                                  "history": {k: pos[k] for k in ("dev_cer", "sparsity", "seconds")},
                                  "train_utterances": len(train_set), "session_seconds": time.perf_counter() - started})
     write_json(report, run_dir / "report.json")
-    print(method.report().table())
+    print(method.report().table(gates=False))
     print(format_report(report))
     return report
