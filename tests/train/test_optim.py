@@ -12,7 +12,7 @@ def test_lr_warms_up_linearly_then_halves_on_schedule():
     per_epoch = 10
     assert [lr_at(s, optim, sched, per_epoch) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     # epochs 0-1 at lr, 2-4 halved, 5-7 quartered
-    assert [lr_at(e * per_epoch, optim, sched, per_epoch) for e in range(8)] == [1, 1, .5, .5, .5, .25, .25, .25]
+    assert [lr_at(e * per_epoch + 5, optim, sched, per_epoch) for e in range(8)] == [1, 1, .5, .5, .5, .25, .25, .25]
 
 
 def test_no_warmup_and_no_decay():
