@@ -7,7 +7,8 @@ Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32
   batch columns at once from a transposed x, reduced once per block row. No gather buffer and
   no per-block horizontal sums: one weight load feeds NB FMAs — the weight bytes, the roofline's
   numerator, are read exactly once.
-* ``bfma`` (B >= 16 and the 1×1/CSR case): register-blocked micro-kernel; each weight is
+* ``csr`` (1×1, B < 16): 16 nonzeros per step, x gathered by index.
+* ``bfma`` (B >= 16): register-blocked micro-kernel; each weight is
   broadcast against a 16/32/64-wide row of x (row-major (K, B)), RC rows × NV vectors of
   accumulators, S interleaved partial sums so FMA latency never limits short blocks.
 
@@ -189,13 +190,53 @@ static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const f
   }
 }
 
+// CSR (1×1) at small batch: 16 nonzeros at a time, x gathered by index (one vgatherdps),
+// NB columns of the transposed x per pass; scalar fallback where AVX-512 is absent.
+template <int NB>
+static void csr_rows(const i32* indptr, const i32* idx, const float* V, const float* Xt, i64 ldx,
+                     float* Y, i64 ldy, i64 i0, i64 i1, i64 j0) {
+  for (i64 i = i0; i < i1; ++i) {
+    const i64 p0 = indptr[i], p1 = indptr[i + 1];
+    float out[NB];
+#ifdef __AVX512F__
+    __m512 acc[NB];
+    for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+    i64 p = p0;
+    for (; p + 16 <= p1; p += 16) {
+      const __m512i iv = _mm512_loadu_si512((const void*)(idx + p));
+      const __m512 wv = _mm512_loadu_ps(V + p);
+      for (int j = 0; j < NB; ++j) acc[j] = _mm512_fmadd_ps(wv, _mm512_i32gather_ps(iv, Xt + j * ldx, 4), acc[j]);
+    }
+    if (p < p1) {
+      const __mmask16 m = (__mmask16)((1u << (p1 - p)) - 1u);
+      const __m512i iv = _mm512_maskz_loadu_epi32(m, idx + p);
+      const __m512 wv = _mm512_maskz_loadu_ps(m, V + p);
+      for (int j = 0; j < NB; ++j)
+        acc[j] = _mm512_fmadd_ps(wv, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, Xt + j * ldx, 4), acc[j]);
+    }
+    for (int j = 0; j < NB; ++j) out[j] = _mm512_reduce_add_ps(acc[j]);
+#else
+    for (int j = 0; j < NB; ++j) {
+      float s = 0.f;
+      for (i64 p = p0; p < p1; ++p) s += V[p] * Xt[j * ldx + idx[p]];
+      out[j] = s;
+    }
+#endif
+    for (int j = 0; j < NB; ++j) Y[i * ldy + j0 + j] = out[j];
+  }
+}
+
 // One thread's share of block rows, all batch columns: wide tiles first, narrower for the rest.
 template <int R, int C>
 static void rows(const i32* indptr, const i32* idx, const float* V, const float* X, const float* Xt,
                  i64 K, float* Y, i64 B, i64 ib0, i64 ib1) {
   i64 j = 0;
   if (Xt) {  // small batch: vec path on the transposed x
-    if constexpr (R * C >= 16 && (C >= 16 ? C % 16 == 0 : 16 % C == 0)) {
+    if constexpr (R == 1 && C == 1) {
+      for (; j + 4 <= B; j += 4) csr_rows<4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j < B; ++j) csr_rows<1>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      return;
+    } else if constexpr (R * C >= 16 && (C >= 16 ? C % 16 == 0 : 16 % C == 0)) {
       for (; j + 8 <= B; j += 8) vec_rows<R, C, 8>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j + 4 <= B; j += 4) vec_rows<R, C, 4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j + 2 <= B; j += 2) vec_rows<R, C, 2>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);

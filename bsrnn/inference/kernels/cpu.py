@@ -213,7 +213,7 @@ class Cpu(Kernel):
         if bounds is None:
             bounds = st["bounds"][nt] = balance(mat.indptr, nt)
         xt = None
-        if B < VEC_MAX_BATCH and R * C >= 16:
+        if B < VEC_MAX_BATCH and (R * C >= 16 or R * C == 1):
             xt = x if B == 1 else np.ascontiguousarray(x.T)
         rc = compiled().bsr_mm(R, C, *st["ptrs"], bounds.ctypes.data, nt, x.ctypes.data,
                                None if xt is None else xt.ctypes.data, k, y.ctypes.data, B)

@@ -1,0 +1,72 @@
+"""``bsrnn bench <name>``: each benchmark is one entry of ``BENCHES``.
+
+An entry maps a sub-command name to ``(help, configure)``; ``configure(parser)`` adds the
+sub-command's options and sets ``func`` (it is called with the sub-parser). Another benchmark
+joins by adding one entry, e.g. ``BENCHES["overhead"] = ("...", overhead_configure)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", default=out, help=f"directory for result files and figures (default {out})")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (writes *_quick files)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every library (default: all CPUs)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the figures from the existing result file")
+
+
+def _run_and_plot(module, args, **kw) -> int:
+    from pathlib import Path
+
+    path = (Path(args.out) / ("%s_quick.json" % module.__name__.rsplit(".", 1)[1] if args.quick
+                              else "%s.json" % module.__name__.rsplit(".", 1)[1]))
+    if not args.plot_only:
+        path = module.run(args.out, quick=args.quick, threads=args.threads, **kw)
+    elif not path.exists():
+        raise FileNotFoundError(f"no result file {path} to plot; run without --plot-only first")
+    for p in module.plot(path):
+        print(f"wrote {p}")
+    print(f"results in {path}")
+    return 0
+
+
+def _kernels(p: argparse.ArgumentParser) -> None:
+    _common(p, "benchmarks/kernels")
+    p.add_argument("--rounds", type=int, default=11, help="interleaved rounds (median over them)")
+
+    def go(args):
+        from . import kernels
+
+        return _run_and_plot(kernels, args, rounds=args.rounds)
+
+    p.set_defaults(func=go)
+
+
+def _inference(p: argparse.ArgumentParser) -> None:
+    _common(p, "benchmarks/inference")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--steps", type=int, default=100, help="time steps per sequence")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+
+    def go(args):
+        from . import inference
+
+        return _run_and_plot(inference, args, rounds=args.rounds, steps=args.steps, batches=tuple(args.batch))
+
+    p.set_defaults(func=go)
+
+
+BENCHES = {
+    "kernels": ("block-sparse × dense kernels vs dense and vs the roofline (paper figures 5-6)", _kernels),
+    "inference": ("sparse GRU/RNN runtime vs torch.nn.GRU/RNN on the same weights", _inference),
+}
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks that write result files and figures under benchmarks/")
+    sub = bench.add_subparsers(dest="bench", metavar="BENCH")
+    for name, (help_, configure) in BENCHES.items():
+        configure(sub.add_parser(name, help=help_, description=help_))
+    bench.set_defaults(func=lambda args: bench.print_help() or 2)
