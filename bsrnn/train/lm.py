@@ -203,6 +203,11 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
     last = run_dir / "last.pt"
     if cfg.train.resume and last.is_file():
         ckpt = load_checkpoint(last)
+        saved = json.loads(ckpt["config"])
+        for table in ("data", "model"):  # other weights or another corpus cannot continue this run
+            if saved[table] != lm_config_to_dict(cfg)[table]:
+                raise ValueError(f"{last} was trained with a different [{table}] table; use another "
+                                 f"train.run_dir, or train.resume=false to start over")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt["sparsity"])
@@ -212,10 +217,11 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
 
     def checkpoint(path: Path) -> None:
         save_checkpoint({"kind": "lm", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": {"lr": lr_at(pos["step"], cfg.optim.lr, cfg.train)}, "sparsity": method.state_dict(),
-                     "position": dict(pos), "hidden": list(state) if isinstance(state, tuple) else state,
-                     "rng": rng_state(), "vocab": corpus.vocab.itos, "level": corpus.vocab.level,
-                     "config": json.dumps(lm_config_to_dict(cfg))}, path)
+                         "scheduler": {"lr": lr_at(pos["step"], cfg.optim.lr, cfg.train)},
+                         "sparsity": method.state_dict(), "position": dict(pos),
+                         "hidden": list(state) if isinstance(state, tuple) else state, "rng": rng_state(),
+                         "vocab": corpus.vocab.itos, "level": corpus.vocab.level,
+                         "config": json.dumps(lm_config_to_dict(cfg))}, path)
 
     log = LMLog(run_dir, tensorboard=cfg.log.tensorboard)
     started, seconds0, window_losses = time.perf_counter(), pos["seconds"], []

@@ -108,6 +108,8 @@ def test_cli_trains_samples_and_reports_bad_input(tmp_path, corpus, capsys):
     assert len(vocab) == model.decoder.out_features and cfg.train.steps == 6
     assert lm_main(["lm-train", "--set", "train.stepz=1"]) == 2
     assert "config key train.stepz is unknown" in capsys.readouterr().err
+    assert lm_main(["lm-train", "--config", str(cfg_path), "--set", *sets, "model.hidden=32"]) == 2
+    assert "was trained with a different [model] table" in capsys.readouterr().err  # not a shape traceback
 
 
 def test_shipped_lm_configs_load_and_are_recognised_as_lm():
