@@ -1,0 +1,65 @@
+"""``bsrnn export`` (checkpoint -> BSR file) and ``bsrnn export-report`` (size report of a file).
+
+Only these commands reach into training (to rebuild the model a checkpoint describes); the
+inference package itself reads exported files alone (DESIGN.md import rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _print_report(exp, path) -> None:
+    rows = exp.size_report()
+    print(f"{path}: {len(exp.sparse)} block-sparse matrices, {len(exp.dense)} dense tensors")
+    for r in rows[:-1]:
+        print(f"  {r['name']:<40s} {'x'.join(map(str, r['shape'])):>12s} block {r['block'][0]}x{r['block'][1]}"
+              f"  density {r['density']:6.1%}  {r['dense_bytes'] / 1e6:8.2f} MB -> {r['sparse_bytes'] / 1e6:8.3f} MB"
+              f"  (x{r['ratio']:.1f} smaller)")
+    t = rows[-1]
+    print(f"  {t['name']:<40s} {t['dense_bytes'] / 1e6:.2f} MB -> {t['sparse_bytes'] / 1e6:.3f} MB (x{t['ratio']:.1f}); "
+          f"other dense tensors {t['other_dense_bytes'] / 1e6:.3f} MB")
+
+
+def _export(args) -> int:
+    from bsrnn.sparsity.blocks import parse_block
+    from bsrnn.train.checkpoint import load_weights
+    from bsrnn.train.config import config_from_dict
+    from bsrnn.train.evaluate import model_from_config
+
+    from .export import export_model, save
+
+    state, cfg_json = load_weights(args.checkpoint)
+    cfg = config_from_dict(json.loads(cfg_json) if isinstance(cfg_json, str) else cfg_json)
+    model = model_from_config(cfg.model)
+    model.load_state_dict(state)
+    sp = cfg.sparsity
+    block = parse_block(args.block) if args.block else tuple(sp.block)
+    exp = export_model(model, block, include=args.include or sp.include, exclude=args.exclude or sp.exclude,
+                       config=json.loads(cfg_json) if isinstance(cfg_json, str) else dict(cfg_json))
+    out = save(exp, args.out)
+    _print_report(exp, out)
+    return 0
+
+
+def _report(args) -> int:
+    from .export import load
+
+    _print_report(load(args.file), args.file)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a checkpoint's pruned weights as a block-sparse (BSR) file",
+                              description="Pruned weights (dense with zeros) -> safetensors BSR arrays + JSON header.")
+    p.add_argument("checkpoint", type=Path, help="a bsrnn training checkpoint (.pt)")
+    p.add_argument("out", type=Path, help="output file (.safetensors)")
+    p.add_argument("--block", help="block shape, e.g. 4x4 (default: the run's sparsity.block)")
+    p.add_argument("--include", nargs="*", default=None, help="parameter globs stored block-sparse (default: the run's)")
+    p.add_argument("--exclude", nargs="*", default=None, help="parameter globs kept dense (default: the run's)")
+    p.set_defaults(func=_export)
+    r = subparsers.add_parser("export-report", help="size report of an exported BSR file")
+    r.add_argument("file", type=Path)
+    r.set_defaults(func=_report)
