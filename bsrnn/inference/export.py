@@ -21,6 +21,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class BsrMatrix:
     name: str = "weight"
     cache: dict = field(default_factory=dict, repr=False)
 
-    @property
+    @cached_property  # read on every kernel call
     def matrix_shape(self) -> tuple[int, int]:
         return as_matrix(self.shape)
 

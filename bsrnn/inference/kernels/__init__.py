@@ -35,15 +35,20 @@ class Kernel:
         return state
 
     def __call__(self, mat: BsrMatrix, x, out: np.ndarray | None = None):
+        state = mat.cache.get(self.name)
+        if state is None:
+            state = self.prepare(mat)
         as_torch = isinstance(x, torch.Tensor)
         xa = x.detach().numpy() if as_torch else np.asarray(x)
         m, k = mat.matrix_shape
-        if xa.shape[0] != k or xa.ndim not in (1, 2):
+        if xa.ndim not in (1, 2) or xa.shape[0] != k:
             raise ValueError(f"{self.name}: x of shape {tuple(xa.shape)} does not match {mat.name} of shape {m}×{k}; "
                              f"expected ({k},) or ({k}, B)")
-        xa = np.ascontiguousarray(xa, dtype=np.float32)
-        y = self._run(self.prepare(mat), xa.reshape(k, -1), out)
-        y = y.reshape((m,) if xa.ndim == 1 else (m, xa.shape[1]))
+        if xa.dtype != np.float32 or not xa.flags.c_contiguous:
+            xa = np.ascontiguousarray(xa, dtype=np.float32)
+        y = self._run(state, xa if xa.ndim == 2 else xa.reshape(k, 1), out)
+        if xa.ndim == 1:
+            y = y.reshape(m)
         return torch.from_numpy(y) if as_torch else y
 
     def _prepare(self, mat: BsrMatrix):  # pragma: no cover - abstract

@@ -229,9 +229,9 @@ static void csr_rows(const i32* indptr, const i32* idx, const float* V, const fl
 // One thread's share of block rows, all batch columns: wide tiles first, narrower for the rest.
 template <int R, int C>
 static void rows(const i32* indptr, const i32* idx, const float* V, const float* X, const float* Xt,
-                 i64 K, float* Y, i64 B, i64 ib0, i64 ib1) {
+                 int vec, i64 K, float* Y, i64 B, i64 ib0, i64 ib1) {
   i64 j = 0;
-  if (Xt) {  // small batch: vec path on the transposed x
+  if (vec) {  // small batch: vec path on the transposed x
     if constexpr (R == 1 && C == 1) {
       for (; j + 4 <= B; j += 4) csr_rows<4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j < B; ++j) csr_rows<1>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
@@ -254,18 +254,18 @@ static void rows(const i32* indptr, const i32* idx, const float* V, const float*
 
 template <int R, int C>
 static void run(const i32* indptr, const i32* idx, const float* V, const i64* bounds, int nt,
-                const float* X, const float* Xt, i64 K, float* Y, i64 B) {
-  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, K, Y, B, bounds[0], bounds[1]); return; }
+                const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
+  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[0], bounds[1]); return; }
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    rows<R, C>(indptr, idx, V, X, Xt, K, Y, B, bounds[t], bounds[t + 1]);
+    rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
   }
 }
 
 extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const float* V, const i64* bounds,
-                      int nt, const float* X, const float* Xt, i64 K, float* Y, i64 B) {
-#define CASE(r, c) if (R == r && C == c) { run<r, c>(indptr, idx, V, bounds, nt, X, Xt, K, Y, B); return 0; }
+                      int nt, const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
+#define CASE(r, c) if (R == r && C == c) { run<r, c>(indptr, idx, V, bounds, nt, X, Xt, vec, K, Y, B); return 0; }
   CASE(1, 1) CASE(4, 4) CASE(8, 8) CASE(16, 16) CASE(32, 32)
 
 #undef CASE
