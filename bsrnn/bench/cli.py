@@ -1,13 +1,16 @@
 """``bsrnn bench <name>``: each benchmark is one entry of ``BENCHES``.
 
-An entry maps a sub-command name to ``(help, configure)``; ``configure(parser)`` adds the
-sub-command's options and sets ``func`` (it is called with the sub-parser). Another benchmark
-joins by adding one entry, e.g. ``BENCHES["overhead"] = ("...", overhead_configure)``.
+An entry maps a sub-command name to ``(help, target)``. ``target`` is either a function
+``configure(parser)`` that adds the sub-command's options and sets ``func``, or the dotted name
+of a module with ``add_arguments(parser)`` and ``run(args) -> int``, imported when the parser
+is built. Another benchmark joins with one entry, e.g.
+``"overhead": ("training-step cost of the sparsity methods", "bsrnn.bench.overhead")``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
 
 def _common(p: argparse.ArgumentParser, out: str) -> None:
@@ -67,6 +70,12 @@ BENCHES = {
 def register(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks that write result files and figures under benchmarks/")
     sub = bench.add_subparsers(dest="bench", metavar="BENCH")
-    for name, (help_, configure) in BENCHES.items():
-        configure(sub.add_parser(name, help=help_, description=help_))
+    for name, (help_, target) in BENCHES.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if isinstance(target, str):
+            module = importlib.import_module(target)
+            module.add_arguments(p)
+            p.set_defaults(func=module.run)
+        else:
+            target(p)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
