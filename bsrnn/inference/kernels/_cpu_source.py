@@ -233,7 +233,9 @@ static void rows(const i32* indptr, const i32* idx, const float* V, const float*
   i64 j = 0;
   if (vec) {  // small batch: vec path on the transposed x
     if constexpr (R == 1 && C == 1) {
+      for (; j + 8 <= B; j += 8) csr_rows<8>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j + 4 <= B; j += 4) csr_rows<4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j + 2 <= B; j += 2) csr_rows<2>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j < B; ++j) csr_rows<1>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       return;
     } else if constexpr (R * C >= 16 && (C >= 16 ? C % 16 == 0 : 16 % C == 0)) {
