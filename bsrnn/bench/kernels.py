@@ -40,7 +40,7 @@ def random_bsr(M: int, K: int, b: int, sparsity: float, rng) -> BsrMatrix:
     return BsrMatrix((M, K), (b, b), indptr, (flat % nbc).astype(np.int32), vals, name=f"W{M}x{K}_b{b}")
 
 
-def _methods(mats, Wd, X, B, rng):
+def _methods(mats, Wd, X, B):
     """name -> (library, block, callable), with every sparse method checked against dense."""
     xt, Wt = torch.from_numpy(X), torch.from_numpy(Wd)
     xT = torch.from_numpy(np.ascontiguousarray(X.T))
@@ -74,7 +74,7 @@ def _methods(mats, Wd, X, B, rng):
 
 def run_cell(M, K, s, B, mats, Wd, rounds, target, rng, log):
     X = rng.standard_normal((K, B), dtype=np.float32)
-    meths = _methods(mats, Wd, X, B, rng)
+    meths = _methods(mats, Wd, X, B)
     ncall, prev = {}, None
     for name, (lib, _, f) in meths.items():
         time.sleep(PAUSE.get(prev, 0) if lib != prev else 0)

@@ -131,3 +131,13 @@ def test_load_never_unpickles(tmp_path):
 def test_block_that_straddles_gates_is_rejected():
     with pytest.raises(ValueError, match="gate"):
         to_bsr(torch.zeros(3 * 6, 8), 4, gates=3)  # gate height 6 is not a multiple of 4
+
+
+def test_cli_export_report(tmp_path, capsys):
+    from bsrnn.cli import main
+
+    path = save(export_model(pruned_tiny(), (4, 4), exclude=["output.*"]), tmp_path / "m.safetensors")
+    assert main(["export-report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fc.weight" in out and "rnn.weight_hh_l1_reverse" in out and "smaller" in out
+    assert main(["export-report", str(tmp_path / "missing.safetensors")]) == 2
