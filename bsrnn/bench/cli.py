@@ -64,6 +64,8 @@ def _inference(p: argparse.ArgumentParser) -> None:
 BENCHES = {
     "kernels": ("block-sparse × dense kernels vs dense and vs the roofline (paper figures 5-6)", _kernels),
     "inference": ("sparse GRU/RNN runtime vs torch.nn.GRU/RNN on the same weights", _inference),
+    "overhead": ("training-step cost of the sparsity methods (mask updates, mask application, group lasso)",
+                 "bsrnn.bench.overhead"),
 }
 
 
