@@ -53,7 +53,7 @@ def lm_sample(args: argparse.Namespace) -> int:
     from .lm import load_lm, sample
     torch.set_num_threads(1)
     model, vocab, _ = load_lm(args.checkpoint)
-    prime = args.prime.encode().decode("unicode_escape")  # so "--prime '\n'" means a newline
+    prime = args.prime.replace("\\n", "\n")  # so "--prime '\n'" means a newline (other text as given)
     print(prime + sample(model, vocab, args.chars, temperature=args.temperature, seed=args.seed, prime=prime))
     return 0
 
