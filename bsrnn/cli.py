@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "bsrnn.data.cli",        # bsrnn data synth|import-*|stats
     "bsrnn.train.cli",       # bsrnn train|eval|main
+    "bsrnn.train.lm_cli",    # bsrnn lm-train|lm-sample
     "bsrnn.inference.cli",   # bsrnn export|infer
     "bsrnn.bench.cli",       # bsrnn bench overhead|kernels|inference
     "bsrnn.sparsity.cli",    # bsrnn prune-demo|schedule
