@@ -32,6 +32,7 @@ from ._cpu_source import SOURCE
 CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 SPECIALISED = {(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)}  # the CASE list in the source
 VEC_MAX_BATCH = 16  # below this batch the vec path (transposed x) beats register-blocked bfma
+CSR_VEC_MAX_BATCH = 4  # for 1×1 blocks one vgatherdps per column costs more than bfma from B = 4
 
 _threads = None
 
@@ -226,7 +227,8 @@ class Cpu(Kernel):
         bounds = st["bounds"].get(nt)
         if bounds is None:
             bounds = st["bounds"][nt] = balance(mat.indptr, nt)
-        vec = B < VEC_MAX_BATCH and st["vec_ok"]
+        # CSR gathers x per nonzero: worth it only while the batch is too narrow for bfma's rows
+        vec = B < (CSR_VEC_MAX_BATCH if R * C == 1 else VEC_MAX_BATCH) and st["vec_ok"]
         xt = x if (B == 1 or not vec) else np.ascontiguousarray(x.T)
         if _CALL[0] is None:
             _CALL[0] = _caller(compiled().bsr_mm)
