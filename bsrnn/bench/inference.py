@@ -112,7 +112,8 @@ def plot(json_path, out_dir=None) -> list[Path]:
                   [f"{l} {h}\n{s:.0%}, B={b}" for l, h, s, b in cases])
     ax.set(yscale="log", ylabel=f"ms per {res['rows'][0]['steps']}-step sequence")
     ax.legend()
-    fig.text(0.01, 0.01, f"{res['info']['cpu']}, {res['info']['threads']} threads; {res['command']}", fontsize=6)
+    fig.text(0.01, 0.01, f"{res['info']['cpu']}, {res['info']['threads']} threads, loadavg "
+             f"{np.median([r['loadavg'] for r in res['rows']]):.2f}; {res['command']}", fontsize=6)
     fig.tight_layout()
     p = Path(out_dir or Path(json_path).parent) / f"{Path(json_path).stem}.png"
     fig.savefig(p, dpi=120)
