@@ -2,13 +2,13 @@
 
 Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
 
-* ``vec`` (B < 16): each block's R·C values are 16-lane vectors multiplied lane-wise with the
+* ``vec`` (B < 8): each block's R·C values are 16-lane vectors multiplied lane-wise with the
   x slice they meet (a 4-wide x slice is broadcast to 16 lanes by one ``vbroadcastf32x4``), NB
   batch columns at once from a transposed x, reduced once per block row. No gather buffer and
   no per-block horizontal sums: one weight load feeds NB FMAs — the weight bytes, the roofline's
   numerator, are read exactly once.
-* ``csr`` (1×1, B < 16): 16 nonzeros per step, x gathered by index.
-* ``bfma`` (B >= 16): register-blocked micro-kernel; each weight is
+* ``csr`` (1×1, B < 4): 16 nonzeros per step, x gathered by index.
+* ``bfma`` (B >= 8): register-blocked micro-kernel; each weight is
   broadcast against a 16/32/64-wide row of x (row-major (K, B)), RC rows × NV vectors of
   accumulators, S interleaved partial sums so FMA latency never limits short blocks.
 
