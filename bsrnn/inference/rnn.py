@@ -141,9 +141,13 @@ class SparseRecurrent(nn.Module):
         return (f"{self.mode}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, kernel={self.kernel.name})")
 
-    def _direction(self, d: dict, xs: np.ndarray, h: np.ndarray, c: np.ndarray | None, reverse: bool) -> np.ndarray:
+    def _direction(self, d: dict, xs: np.ndarray, h: np.ndarray, c: np.ndarray | None, reverse: bool,
+                   lengths: np.ndarray | None) -> np.ndarray:
         T, B, _ = xs.shape
         G, H = GATES[self.mode], self.hidden_size
+        ragged = lengths is not None and bool((lengths < T).any())
+        if reverse and ragged:  # each sequence runs backwards from its own last step
+            xs = _reverse_within(xs, lengths)
         # all time steps' input projections as one (G·H, T·B) sparse GEMM, then (T, B, G·H)
         gi = self.kernel(d["w_ih"], np.ascontiguousarray(xs.reshape(T * B, -1).T))
         gi = np.ascontiguousarray(gi.T).reshape(T, B, G * H)
@@ -151,7 +155,10 @@ class SparseRecurrent(nn.Module):
         gh = np.empty((G * H, B), np.float32)
         out = np.empty((T, H, B), np.float32)
         relu, clip = self.nonlinearity == "relu", float(self.clip or 0.0)
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        for t in (range(T - 1, -1, -1) if reverse and not ragged else range(T)):
+            if ragged:
+                done = t >= lengths  # finished sequences keep their last state and output zeros
+                h_old, c_old = h[:, done], (c[:, done] if c is not None else None)
             self.kernel(d["w_hh"], h, gh)
             if self.mode == "GRU":
                 _gru_cell(gi[t], gh, d["bhn"], h)
@@ -160,15 +167,26 @@ class SparseRecurrent(nn.Module):
             else:
                 _rnn_cell(gi[t], gh, h, relu, clip)
             out[t] = h
-        return out.transpose(0, 2, 1)  # (T, B, H)
+            if ragged and done.any():
+                h[:, done] = h_old
+                out[t][:, done] = 0.0
+                if c is not None:
+                    c[:, done] = c_old
+        out = out.transpose(0, 2, 1)  # (T, B, H)
+        return _reverse_within(out, lengths) if reverse and ragged else out
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, hx=None):
-        if isinstance(x, nn.utils.rnn.PackedSequence):
-            raise ValueError("SparseRecurrent takes padded (T, B, I) tensors, not a PackedSequence")
+    def forward(self, x, hx=None):
+        """x: (T, B, I), (B, T, I) when ``batch_first``, (T, I), or a PackedSequence (whose
+        sequences each stop at their own length, as in PyTorch)."""
+        packed = isinstance(x, nn.utils.rnn.PackedSequence)
+        lengths = None
+        if packed:
+            x, lens = nn.utils.rnn.pad_packed_sequence(x)  # (T, B, I), original batch order
+            lengths = lens.numpy().astype(np.int64)
         squeeze = x.dim() == 2
         xs = x.detach().float().cpu()
-        xs = xs.unsqueeze(1) if squeeze else (xs.transpose(0, 1) if self.batch_first else xs)  # (T, B, I)
+        xs = xs.unsqueeze(1) if squeeze else (xs.transpose(0, 1) if self.batch_first and not packed else xs)
         T, B = xs.shape[:2]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
@@ -182,13 +200,16 @@ class SparseRecurrent(nn.Module):
                 i = layer * D + k
                 h = np.ascontiguousarray(h0[i].T)  # (H, B): the kernels' column layout
                 c = np.ascontiguousarray(c0[i].T) if self.mode == "LSTM" else None
-                outs.append(self._direction(d, inp, h, c, reverse=k == 1))
+                outs.append(self._direction(d, inp, h, c, k == 1, lengths))
                 hn[i] = h.T
                 if c is not None:
                     cn[i] = c.T
             inp = np.concatenate(outs, axis=2) if D == 2 else outs[0]  # (T, B, D·H)
         out = torch.from_numpy(np.ascontiguousarray(inp))
-        out = out.squeeze(1) if squeeze else (out.transpose(0, 1) if self.batch_first else out)
+        if packed:
+            out = nn.utils.rnn.pack_padded_sequence(out, torch.from_numpy(lengths), enforce_sorted=False)
+        else:
+            out = out.squeeze(1) if squeeze else (out.transpose(0, 1) if self.batch_first else out)
         hn_t = torch.from_numpy(hn).squeeze(1) if squeeze else torch.from_numpy(hn)
         if self.mode == "LSTM":
             cn_t = torch.from_numpy(cn).squeeze(1) if squeeze else torch.from_numpy(cn)
@@ -242,6 +263,14 @@ class SparseRecurrent(nn.Module):
                                 kernel=kernel, prefix=f"{name}." if name else "")
 
 
+def _reverse_within(a: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Reverse (T, B, F) along time within each sequence's length; padding stays in place."""
+    T = a.shape[0]
+    t = np.arange(T)[:, None]
+    idx = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # (T, B)
+    return a[idx, np.arange(a.shape[1])[None, :]]
+
+
 def _tiling(w: torch.Tensor, block, gates: int):
     """The requested block when it tiles ``w`` gate by gate, else 1×1 (CSR) — always exact."""
     r, c = block
@@ -253,8 +282,8 @@ def sparsify_(model: nn.Module, exported: ExportedModel | None = None, *, block=
     """Replace every ``nn.RNN/GRU/LSTM`` of ``model`` by a ``SparseRecurrent`` (in place).
 
     Weights come from ``exported`` when given (the module names must match), else from the
-    module itself. Returns the replaced module names. Models whose recurrent modules take
-    PackedSequence inputs need their forward to pass padded tensors instead.
+    module itself. Returns the replaced module names. Padded tensors and PackedSequences are
+    both accepted, so a model's own forward (e.g. DeepSpeech2's packed GRU) runs unchanged.
     """
     replaced = []
     for name, module in list(model.named_modules()):

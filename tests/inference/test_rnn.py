@@ -117,3 +117,39 @@ def test_shape_mismatch_is_a_clear_error():
     w = dense.weights
     with pytest.raises(ValueError, match="should be"):
         SparseRecurrent("LSTM", 8, 8, w)
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM, nn.RNN])
+def test_packed_sequences_stop_at_their_own_length(cls):
+    torch.manual_seed(5)
+    dense = block_prune_(cls(8, 12, num_layers=2, bidirectional=True))
+    sparse = SparseRecurrent.from_module(dense, (4, 4))
+    x = torch.randn(7, 4, 8)
+    lengths = torch.tensor([5, 7, 2, 6])
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with torch.no_grad():
+        ref_out, ref_h = dense(packed)
+        out, h = sparse(packed)
+    ref_pad, _ = nn.utils.rnn.pad_packed_sequence(ref_out)
+    pad, lens = nn.utils.rnn.pad_packed_sequence(out)
+    assert lens.tolist() == lengths.tolist()
+    torch.testing.assert_close(pad, ref_pad, atol=2e-5, rtol=1e-4)
+    assert_same((ref_pad, ref_h), (pad, h), cls is nn.LSTM)
+
+
+def test_whole_exported_speech_model_runs_sparse(tmp_path):
+    """The hook for the speech model: export, load, swap its GRU, same log-probabilities."""
+    ds2 = pytest.importorskip("bsrnn.models.deepspeech2")
+    torch.manual_seed(6)
+    model = ds2.build_model("gru128").eval()
+    block_prune_(model.rnn, keep=0.2)
+    feats, lengths = torch.randn(3, 60, 80), torch.tensor([60, 41, 23])
+    with torch.no_grad():
+        ref, ref_len = model(feats, lengths)
+    exp = load(save(export_model(model, (4, 4), exclude=["output.*"]), tmp_path / "ds2.safetensors"))
+    assert sparsify_(model, exp) == ["rnn"]
+    with torch.no_grad():
+        out, out_len = model(feats, lengths)
+    assert torch.equal(out_len, ref_len)
+    for b, n in enumerate(out_len.tolist()):  # padding frames past each length are not compared
+        torch.testing.assert_close(out[:n, b], ref[:n, b], atol=1e-4, rtol=1e-4)
