@@ -122,3 +122,11 @@ def test_gpu_kernel_matches_reference():
     xg = torch.randn(32, 3, device="cuda")
     y = K.get("bsr_cuda")(mat, xg)
     assert y.is_cuda and torch.allclose(y.cpu(), torch.from_numpy(w) @ xg.cpu(), atol=1e-4)
+
+
+def test_retile_is_exact():
+    mat, w = random_mat(96, 64, (32, 32), 0.5, seed=8)
+    t = cpu.retile(mat, 16)
+    t.validate()
+    assert t.block == (16, 16) and t.nnzb == 4 * mat.nnzb
+    assert np.array_equal(t.to_dense().numpy(), w)

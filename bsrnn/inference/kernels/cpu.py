@@ -194,6 +194,28 @@ def compiled() -> ctypes.CDLL | None:
     return _LIB[0]
 
 
+def retile(mat, h: int):
+    """The same matrix as a BSR of h×h blocks (h divides the block): exact, same values.
+
+    32×32 blocks give the small-batch path 64 vectors per block, more than it keeps in
+    registers, so it makes strided passes over each block; as 16×16 tiles every pass reads
+    whole tiles (measured 4–40 % faster at B = 1–4, 1 thread)."""
+    from ..export import BsrMatrix
+
+    (R, C), n = mat.block, mat.nnzb
+    fr, fc = R // h, C // h
+    row = np.repeat(np.arange(len(mat.indptr) - 1), np.diff(mat.indptr))
+    pp, aa, bb = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(fr), np.arange(fc), indexing="ij"))
+    new_row = row[pp] * fr + aa
+    order = np.lexsort((bb, pp, new_row))  # block-row order, then the original order in the row
+    pp, aa, bb, new_row = pp[order], aa[order], bb[order], new_row[order]
+    vals = mat.values.reshape(n, fr, h, fc, h)[pp, aa, :, bb, :]
+    indptr = np.zeros((len(mat.indptr) - 1) * fr + 1, np.int32)
+    np.cumsum(np.bincount(new_row, minlength=len(indptr) - 1), out=indptr[1:])
+    return BsrMatrix(mat.shape, (h, h), indptr, (mat.indices[pp] * fc + bb).astype(np.int32),
+                     np.ascontiguousarray(vals, np.float32), mat.gates, mat.name)
+
+
 def _caller(fn):
     """A numba wrapper around the C entry point: ``arr.ctypes`` there is a free pointer, where
     ctypes from Python costs microseconds per argument — a visible share of a 7 µs GEMV."""
@@ -214,15 +236,21 @@ class Cpu(Kernel):
         if compiled() is None or tuple(mat.block) not in SPECIALISED:
             return {"mat": mat, "fallback": True}
         (m, k), (R, C) = mat.matrix_shape, mat.block
-        return {"mat": mat, "values": np.ascontiguousarray(mat.values).reshape(-1), "bounds": {},
-                "dims": (m, k, R, C), "vec_ok": R * C >= 16 or R * C == 1}
+        st = {"mat": mat, "values": np.ascontiguousarray(mat.values).reshape(-1), "bounds": {},
+              "dims": (m, k, R, C), "vec_ok": R * C >= 16 or R * C == 1}
+        if R == C == 32:  # the small-batch path runs on 16×16 tiles (see retile)
+            st["small"] = self._prepare(retile(mat, 16))
+        return st
 
     def _run(self, st, x, out):
         mat = st["mat"]
         if "fallback" in st:
             return _FALLBACK._run(_FALLBACK.prepare(mat), x, out)
-        m, k, R, C = st["dims"]
         B = x.shape[1]
+        if B < VEC_MAX_BATCH and "small" in st:
+            st = st["small"]
+            mat = st["mat"]
+        m, k, R, C = st["dims"]
         y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
         nt = _threads or num_threads()
         bounds = st["bounds"].get(nt)
