@@ -7,7 +7,8 @@ def _report(method, nonzero, cer):
     return {"spec": {"rnn_type": "gru", "hidden": 128, "layers": 3}, "algorithm": method, "params": 1_000_000,
             "nonzero_params": nonzero, "sparsity": 1 - nonzero / 1_000_000,
             "sparsity_layers": {"layer_sparsity": 0.9 if method == "bp" else 0.0},
-            "splits": {"test": {"cer": cer, "wer": 80.0}}, "run_dir": "runs/x", "session_seconds": 1.0}
+            "splits": {"test": {"cer": cer, "wer": 80.0}}, "run_dir": "runs/x", "session_seconds": 1.0,
+            "history": {"dev_cer": [90.0, cer], "sparsity": [0.0, 0.9], "seconds": [1.0, 2.0]}}
 
 
 def test_table_has_the_papers_columns_and_relative_performance():
