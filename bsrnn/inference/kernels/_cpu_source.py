@@ -116,11 +116,13 @@ static void vec_rows(const i32* indptr, const i32* idx, const float* V, const fl
             const float s = hsum(acc[0][j][v]);
             if (vv % VPR == 0) out[j][r] = s; else out[j][r] += s;
           } else {
-            for (int q = 0; q < RPV; ++q) {
-              float s = 0.f;
-              for (int c = 0; c < C; ++c) s += acc[0][j][v][q * C + c];
-              out[j][vv * RPV + q] = s;
-            }
+            // segmented sums in-register: after log2(C) swap-and-add steps lane q*C holds row q's
+            // sum (one shuffle + add per step instead of C scalar extractions per row)
+            v16 a = acc[0][j][v];
+            if constexpr (C >= 8) a += __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+            if constexpr (C >= 4) a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+            if constexpr (C >= 2) a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+            for (int q = 0; q < RPV; ++q) out[j][vv * RPV + q] = a[q * C];
           }
         }
     }
