@@ -7,6 +7,9 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .lm_cli import is_lm_config, lm_train
+    if is_lm_config(args.config, args.set or []):  # language-model configs share the command
+        return lm_train(args)
     from .config import load_config
     from .loop import TrainingDiverged, train
     cfg = load_config(args.config, args.set or [])
