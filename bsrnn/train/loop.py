@@ -11,6 +11,9 @@ and the pruning schedule are functions of it. A run stopped anywhere (``train.ma
 crash after a checkpoint) and resumed reproduces the uninterrupted run bit for bit on CPU,
 because the checkpoint restores every piece of state the loop reads, and batches are drawn
 straight from the sampler (a ``DataLoader`` would draw a seed from the global RNG per epoch).
+
+Under ``torchrun`` the same loop runs data-parallel (``distributed.py``): each rank trains on its
+shard of every global batch, and N ranks train the model one process would (to float tolerance).
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from bsrnn.data.batching import BucketBatchSampler, collate, compute_stats
+from bsrnn.data.batching import BucketBatchSampler, compute_stats
 from bsrnn.data.features import FeatureStats
 from bsrnn.sparsity import build_method
 
+from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, OptimConfig, ScheduleConfig, config_to_dict, save_config
 from .evaluate import evaluate, final_report, format_report, manifest_for, model_from_config, open_dataset, write_json
@@ -94,23 +97,39 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
     ``model`` replaces the one ``cfg.model`` describes (it must take the same inputs).
     """
+    ctx = distributed.setup()  # rank and world from torchrun's environment; one process otherwise
+    try:
+        return _train(cfg, model, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) -> dict:
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
+    if ctx.is_main:  # rank 0 alone writes; the others wait for its files at the barriers
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
+    if ctx.enabled and ctx.is_main:  # statistics and feature caches are computed once, by rank 0
+        open_dataset(cfg.data, cfg.data.dev, feature_stats(cfg, run_dir))
+    distributed.barrier(ctx)
     stats = feature_stats(cfg, run_dir)
     train_set = open_dataset(cfg.data, cfg.data.train, stats, spec_augment=cfg.features.spec_augment,
                              limit=cfg.data.max_train_utts)
     dev_set = open_dataset(cfg.data, cfg.data.dev, stats)
+    if ctx.enabled:
+        distributed.check_shardable(len(train_set), cfg.train.batch_size, ctx.world)
     sampler = BucketBatchSampler(train_set.lengths, cfg.train.batch_size, sortagrad=cfg.train.sortagrad,
                                  seed=cfg.train.seed)
     steps_per_epoch = len(sampler)
     total_steps = cfg.train.epochs * steps_per_epoch
 
     model = model if model is not None else model_from_config(cfg.model)
+    if ctx.enabled:  # BN statistics over the global batch, as one process computes them
+        distributed.sync_batchnorm(model)
     optimizer = make_optimizer(cfg.optim, model)
     method = build_method(model, cfg.sparsity, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                           optimizer=optimizer)
@@ -129,13 +148,19 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
         tqdm.write(f"resumed {last} at epoch {pos['epoch']}, batch {pos['batch']} (step {pos['step']})")
 
     def checkpoint(path: Path) -> None:
+        if not ctx.is_main:
+            return
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": {"lr": lr_at(pos["step"], cfg.optim, cfg.schedule, steps_per_epoch)},
                          "sparsity": method.state_dict(), "position": dict(pos), "rng": rng_state(),
                          "sampler": {"seed": cfg.train.seed, "epoch": pos["epoch"], "skip": pos["batch"]},
                          "config": json.dumps(config_to_dict(cfg))}, path)
 
-    log = RunLog(run_dir, tensorboard=cfg.log.tensorboard)
+    # DDP all-reduces the gradients in backward; buffers need no broadcast (the synchronised BN
+    # keeps them equal, and the checksums below verify it).
+    forward = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if ctx.enabled
+               else model)
+    log = RunLog(run_dir, tensorboard=cfg.log.tensorboard) if ctx.is_main else None
     window: list[float] = []  # losses since the last log row
     started = time.perf_counter()
     try:
@@ -145,7 +170,7 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
             sampler.skip(pos["batch"])  # resume inside an epoch at the next unseen batch
             model.train()
             bar = tqdm(sampler, total=steps_per_epoch, initial=pos["batch"], desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                       unit="batch", disable=not cfg.log.progress, dynamic_ncols=True)
+                       unit="batch", disable=not (cfg.log.progress and ctx.is_main), dynamic_ncols=True)
             for indices in bar:
                 step = pos["step"]
                 lr = lr_at(step, cfg.optim, cfg.schedule, steps_per_epoch)
@@ -153,21 +178,27 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
                     group["lr"] = lr
 
                 # --- the training step ---------------------------------------------------------
-                feats, feat_lens, targets, target_lens, _ = collate([train_set[i] for i in indices])
+                # Every rank reads the whole global batch (SpecAugment's RNG draws stay those of one
+                # process) and trains on its shard of it.
+                feats, feat_lens, targets, target_lens, _ = distributed.collate_shard(
+                    [train_set[i] for i in indices], ctx)
                 buffers = [b.clone() for b in model.buffers()]  # BN statistics, restored if the batch is bad
-                log_probs, out_lens = model(feats, feat_lens)  # (T', N, 29), (N,)
-                ctc = F.ctc_loss(log_probs, targets, out_lens, target_lens, zero_infinity=True)
-                penalty = method.penalty()
+                log_probs, out_lens = forward(feats, feat_lens)  # (T', N, 29), (N,)
+                ctc = distributed.ctc_loss(log_probs, targets, out_lens, target_lens, len(indices), ctx)
+                penalty = method.penalty()  # in full on every rank: DDP's average leaves it unchanged
                 loss = ctc + penalty
                 optimizer.zero_grad(set_to_none=True)
                 grad_norm = math.nan
-                if math.isfinite(loss_value := float(loss.detach())):
+                ctc_value, finite = distributed.agree_on_batch(ctc, float(loss.detach()), ctx)
+                if finite:
                     loss.backward()
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                                      cfg.optim.grad_clip or math.inf))
                 if math.isfinite(grad_norm):
                     optimizer.step()
-                    method.step(step)  # prune on schedule; masks applied in place
+                    if method.step(step) and ctx.enabled:  # prune on schedule; masks applied in place
+                        distributed.verify_same("sparsity masks", method.masks.state_dict(), step, ctx)
+                        distributed.verify_same("weights", model.state_dict(), step, ctx)
                 else:  # a NaN/inf loss or gradient: skip this batch, never let it touch the model
                     optimizer.zero_grad(set_to_none=True)
                     with torch.no_grad():
@@ -184,9 +215,9 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
                 pos["step"], pos["batch"] = step + 1, pos["batch"] + 1
                 # ---------------------------------------------------------------------------------
 
-                if math.isfinite(loss_value):
-                    window.append(float(ctc.detach()))
-                if pos["step"] % cfg.log.every == 0 and window:
+                if finite:
+                    window.append(ctc_value)
+                if pos["step"] % cfg.log.every == 0 and window and log is not None:
                     log.write(pos["step"], "train", epoch=epoch + pos["batch"] / steps_per_epoch,
                               loss=sum(window) / len(window), penalty=float(penalty.detach()), lr=lr,
                               grad_norm=grad_norm, sparsity=method.sparsity(), bad_batches=pos["bad_batches"],
@@ -196,13 +227,19 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
                     window = []
                 if pos["batch"] < steps_per_epoch and pos["step"] % cfg.train.checkpoint_every == 0:
                     checkpoint(last)
+                    distributed.barrier(ctx)
                 if cfg.train.max_steps and pos["step"] >= cfg.train.max_steps:
                     checkpoint(last)
+                    distributed.barrier(ctx)
                     bar.close()
                     return {"stopped_at": dict(pos), "run_dir": str(run_dir)}
             bar.close()
 
             pos["epoch"], pos["batch"] = epoch + 1, 0
+            distributed.verify_same("weights", model.state_dict(), pos["step"], ctx)
+            if not ctx.is_main:  # rank 0 evaluates and writes; evaluation draws no random numbers
+                distributed.barrier(ctx)
+                continue
             dev = evaluate(model, dev_set)
             pos["dev_cer"].append(dev["cer"])
             pos["sparsity"].append(method.sparsity())
@@ -219,8 +256,13 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
             if key < pos["best_key"]:
                 pos["best_key"] = key
                 checkpoint(run_dir / "best.pt")
+            distributed.barrier(ctx)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+
+    if not ctx.is_main:
+        return {"rank": ctx.rank, "steps": pos["step"], "run_dir": str(run_dir)}
 
     report = final_report(cfg, model, method, stats, [cfg.data.dev, *cfg.data.test],
                           extra={"epochs": cfg.train.epochs, "steps": pos["step"], "bad_batches": pos["bad_batches"],
