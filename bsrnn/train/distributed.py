@@ -49,6 +49,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,17 @@ def teardown(ctx: Dist) -> None:
 def barrier(ctx: Dist) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def wrap(model: nn.Module, ctx: Dist) -> nn.Module:
+    """``model`` in DistributedDataParallel when there are several ranks (``model`` itself otherwise).
+
+    Buffers are not re-broadcast before each forward: the synchronised BN keeps them equal on all
+    ranks, and the weight checksums at each mask update verify it.
+    """
+    if not ctx.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
 
 
 # -- batches ------------------------------------------------------------------------------------
@@ -206,7 +218,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         xd = x.double()
         count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=torch.float64)
         stats = torch.cat([xd.sum((0, 2, 3)), xd.square().sum((0, 2, 3)), count])  # (2C + 1,)
-        stats = all_reduce(stats)
+        with warnings.catch_warnings():  # torch 2.x deprecates it for compile's functional
+            warnings.simplefilter("ignore")  # collectives (private); it stays the public differentiable one
+            stats = all_reduce(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

@@ -156,10 +156,7 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
                          "sampler": {"seed": cfg.train.seed, "epoch": pos["epoch"], "skip": pos["batch"]},
                          "config": json.dumps(config_to_dict(cfg))}, path)
 
-    # DDP all-reduces the gradients in backward; buffers need no broadcast (the synchronised BN
-    # keeps them equal, and the checksums below verify it).
-    forward = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if ctx.enabled
-               else model)
+    forward = distributed.wrap(model, ctx)  # DDP all-reduces the gradients in backward
     log = RunLog(run_dir, tensorboard=cfg.log.tensorboard) if ctx.is_main else None
     window: list[float] = []  # losses since the last log row
     started = time.perf_counter()
