@@ -14,6 +14,7 @@ data without complaint, so the digest is what turns a damaged file into a clear 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import random
@@ -59,17 +60,45 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer of ``path`` left behind (``.{name}.tmp<pid>``).
+
+    A SIGKILL mid-write skips the cleanup below; the checkpoint itself is untouched (the rename
+    never happened), but the half-written temporary would stay on disk forever.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def save_atomic(obj: dict, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a fsync'ed temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        # Serialise in memory first: torch.save's zip writer turns a failed disk write into a
+        # RuntimeError that has lost the OSError ("unexpected pos 64 vs 0"), while a plain
+        # write reports ENOSPC as such.
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # ENOSPC, EDQUOT, EACCES, EROFS...: say so in one sentence
+        previous = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint was there"
+        error = CheckpointWriteError(f"could not write checkpoint {path} ({e.strerror or e}); {previous}; "
+                                     "free space or fix permissions and resume")
+        error.errno = e.errno
+        raise error from None
     finally:
         if tmp.exists():  # a failed write leaves nothing half-written behind
             tmp.unlink()

@@ -10,12 +10,13 @@ def _train(args: argparse.Namespace) -> int:
     from .lm_cli import is_lm_config, lm_train
     if is_lm_config(args.config, args.set or []):  # language-model configs share the command
         return lm_train(args)
+    from .checkpoint import CheckpointWriteError
     from .config import load_config
     from .loop import TrainingDiverged, train
     cfg = load_config(args.config, args.set or [])
     try:
         train(cfg)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointWriteError) as e:  # the run stops; its last checkpoint is whole
         print(f"bsrnn: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -33,7 +33,7 @@ from bsrnn.data.features import FeatureStats
 from bsrnn.sparsity import build_method
 
 from . import distributed
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from .config import Config, OptimConfig, ScheduleConfig, config_to_dict, save_config
 from .evaluate import evaluate, final_report, format_report, manifest_for, model_from_config, open_dataset, write_json
 from .metrics import RunLog
@@ -137,6 +137,9 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
            "dev_cer": [], "sparsity": [], "seconds": []}  # per-epoch history
 
     last = run_dir / "last.pt"
+    if ctx.is_main:  # a writer killed mid-write (SIGKILL) left its temporary; the checkpoint is whole
+        for path in (last, run_dir / "best.pt"):
+            remove_stale_temporaries(path)
     if cfg.train.resume and last.is_file():
         ckpt = load_checkpoint(last)
         check_resumable(json.loads(ckpt["config"]), config_to_dict(cfg), last)
