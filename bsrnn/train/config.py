@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -99,6 +100,19 @@ class Config:
 
 
 CHOICES = {"optim.name": ("adam", "sgd"), "model.rnn_type": ("rnn", "gru", "lstm", None)}
+# Numeric ranges: a value outside them would fail later with a message that names no key
+# (torch's "Invalid learning rate: -1", the sampler's "batch_size must be >= 1") or silently
+# train nothing (epochs = 0).
+RANGES = {
+    "train.epochs": (lambda v: v >= 1, ">= 1"), "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.checkpoint_every": (lambda v: v >= 1, ">= 1"), "train.max_bad_batches": (lambda v: v >= 0, ">= 0"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = no limit)"), "train.threads": (lambda v: v >= 0, ">= 0"),
+    "log.every": (lambda v: v >= 1, ">= 1"), "data.max_train_utts": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "optim.lr": (lambda v: 0 < v < math.inf, "a finite number > 0"), "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (lambda v: 0 <= v < math.inf, ">= 0"), "optim.grad_clip": (lambda v: 0 <= v, ">= 0 (0 = no clipping)"),
+    "schedule.warmup_steps": (lambda v: v >= 0, ">= 0"), "schedule.decay_start": (lambda v: v >= 0, ">= 0"),
+    "schedule.decay_every": (lambda v: v >= 1, ">= 1"), "schedule.decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
 
 
 def _type_name(hint) -> str:
@@ -149,6 +163,8 @@ def _build(cls, raw: dict, prefix: str):
         if key in CHOICES and kwargs[name] not in CHOICES[key]:
             raise ValueError(f"config key {key} = {value!r} is not one of "
                              f"{', '.join(str(c) for c in CHOICES[key] if c is not None)}")
+        if key in RANGES and not RANGES[key][0](kwargs[name]):
+            raise ValueError(f"config key {key} must be {RANGES[key][1]}, got {value!r}")
     return cls(**kwargs)
 
 
