@@ -106,6 +106,8 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
 def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) -> dict:
     run_dir = Path(cfg.train.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"train.run_dir {run_dir} is a file, not a directory; name a new or existing directory")
     if ctx.is_main:  # rank 0 alone writes; the others wait for its files at the barriers
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
