@@ -144,9 +144,14 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
+        if not zipfile.is_zipfile(path):  # torch.load would answer with weights_only advice
+            raise ValueError("not a PyTorch zip archive")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in first.lower():
+            # torch's first line advises weights_only=False, which is exactly what must not happen
+            first = "it holds objects other than tensors and plain values, refused unread as they could run code"
         raise ValueError(f"checkpoint {path} is truncated, corrupt or not a bsrnn checkpoint ({first[:200]}); "
                          "delete it to restart, or resume from another checkpoint (best.pt).") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
