@@ -147,6 +147,9 @@ def compute_stats(dataset_or_manifest: SpeechDataset | str | os.PathLike, *,
     ds = dataset_or_manifest
     if not isinstance(ds, SpeechDataset):
         ds = SpeechDataset(ds, None, cache_dir=cache_dir, logmel=logmel)
+    if len(ds) == 0:  # otherwise FeatureStats says "need at least 2 frames" without naming the split
+        why = f"; {len(ds.skipped)} skipped, first: {ds.skipped[0]}" if ds.skipped else ""
+        raise ValueError(f"{ds.manifest} has no usable utterances to compute feature statistics from{why}")
     x = ds.raw_features.double()
     return FeatureStats.from_sums(x.sum(0).numpy(), x.square().sum(0).numpy(), x.shape[0], ds.logmel.settings())
 
