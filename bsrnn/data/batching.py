@@ -74,7 +74,10 @@ def _load_cache(path: Path) -> dict | None:
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:  # unreadable for any reason: the features can always be recomputed
-        warnings.warn(f"{path}: feature cache unreadable ({type(e).__name__}: {e}); recomputing it.",
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        if "weights only" in reason.lower():  # torch's first line advises weights_only=False: never here
+            reason = "it holds objects other than tensors and plain values, refused unread as they could run code"
+        warnings.warn(f"{path}: feature cache unreadable ({type(e).__name__}: {reason}); recomputing it.",
                       RuntimeWarning, stacklevel=3)
         return None
 
