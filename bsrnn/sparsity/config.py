@@ -102,7 +102,8 @@ def build_method(model: nn.Module, cfg: SparsityConfig | dict | None, *, steps_p
         except ValueError:  # nothing prunable (or the block does not tile): a dense run needs no targets
             return NoSparsity(model, (1, 1), **{**common, "pad": True})
     if cfg.method == "gl":
-        return GroupLasso(model, cfg.block, cfg.lambda_g, proximal=cfg.proximal, **common)
+        return GroupLasso(model, cfg.block, cfg.lambda_g, proximal=cfg.proximal,
+                          final_threshold=cfg.final_threshold, **common)
     if cfg.method in ("static", "rigl", "set"):
         if cfg.target is None:
             raise ValueError(f"sparsity.method {cfg.method!r} trains sparse from the first step and needs "

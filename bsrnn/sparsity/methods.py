@@ -87,6 +87,9 @@ class SparsityMethod:
         self.masks.apply_(self.optimizer)
         return False
 
+    def finish(self) -> None:
+        """Called once when training ends, before the final evaluation (GL's final threshold)."""
+
     def sparsity(self) -> float:
         """Fraction of pruned blocks over all targets."""
         pruned, total = self.masks.pruned_blocks()
@@ -260,11 +263,16 @@ class GroupLasso(SparsityMethod):
     name = "gl"
 
     def __init__(self, model: nn.Module, block=(4, 4), lambda_g: float = 1e-4, *, proximal: bool = False,
-                 lr: float | None = None, **kwargs):
+                 lr: float | None = None, final_threshold: float | None = None, **kwargs):
         super().__init__(model, block, **kwargs)
         if lambda_g < 0 or not math.isfinite(lambda_g):
             raise ValueError(f"lambda_g must be a finite number >= 0, got {lambda_g}")
         self.lambda_g, self.proximal, self.lr = float(lambda_g), proximal, lr
+        self.final_threshold = final_threshold
+
+    def finish(self) -> None:
+        if self.final_threshold is not None:
+            self.finalize(self.final_threshold)
 
     def penalty_active(self) -> bool:
         return True

@@ -266,6 +266,7 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
     if not ctx.is_main:
         return {"rank": ctx.rank, "steps": pos["step"], "run_dir": str(run_dir)}
 
+    method.finish()  # e.g. group lasso's final block threshold, before the final evaluation
     report = final_report(cfg, model, method, stats, [cfg.data.dev, *cfg.data.test],
                           extra={"epochs": cfg.train.epochs, "steps": pos["step"], "bad_batches": pos["bad_batches"],
                                  "history": {k: pos[k] for k in ("dev_cer", "sparsity", "seconds")},

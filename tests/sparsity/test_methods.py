@@ -198,3 +198,14 @@ def test_default_rule_skips_biases_norms_convs_embeddings():
     assert kinds["4.weight_hh_l0"] == ("recurrent", 3) and kinds["3.weight"] == ("non_recurrent", 1)
     conv = select_targets(model, (4, 4), include=["1.weight"])
     assert [t.name for t in conv] == ["1.weight"] and conv[0].grid == (2, 6)
+
+
+def test_group_lasso_final_threshold_applies_when_training_finishes():
+    model = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0, 0, 0], [4, 0, 0, 0], [0, 0, 0.01, 0], [0, 0, 0, 0.02]]))
+    gl = build_method(model, {"method": "gl", "block": [2, 2], "lambda_g": 1e-3, "final_threshold": 0.05},
+                      steps_per_epoch=1, total_steps=1)
+    gl.finish()
+    assert model.weight[2:, 2:].abs().sum() == 0 and model.weight[0, 0] == 3.0
+    assert gl.sparsity() == 0.75 and gl.report().rows[0].block_sparsity == 0.75
