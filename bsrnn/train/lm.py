@@ -291,6 +291,7 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
                 return {"stopped_at": dict(pos), "run_dir": str(run_dir)}
     finally:
         log.close()
+    method.finish()  # e.g. group lasso's final block threshold, before the final evaluation
     return final_report(cfg, model, method, corpus, pos, run_dir)
 
 
