@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -182,7 +183,7 @@ def ctc_loss(log_probs, targets, out_lens, target_lens, global_batch: int, ctx: 
 
 
 def agree_on_batch(ctc: torch.Tensor, loss_value: float, ctx: Dist) -> tuple[float, bool]:
-    """(global mean CTC loss, whether every rank's loss is finite), in one all-reduce.
+    """(global mean CTC loss or NaN, whether every rank's loss is finite), in one all-reduce.
 
     A batch is skipped on all ranks or on none: a rank that skipped backward alone would leave
     the others waiting in DDP's gradient all-reduce.
@@ -193,7 +194,8 @@ def agree_on_batch(ctc: torch.Tensor, loss_value: float, ctx: Dist) -> tuple[flo
     bad = 0.0 if torch.isfinite(torch.tensor(loss_value)) else 1.0
     flags = torch.tensor([value / ctx.world if bad == 0.0 else 0.0, bad], dtype=torch.float64)
     dist.all_reduce(flags)
-    return float(flags[0]), bool(flags[1] == 0)
+    finite = bool(flags[1] == 0)
+    return (float(flags[0]) if finite else math.nan), finite
 
 
 # -- synchronised BatchNorm ---------------------------------------------------------------------

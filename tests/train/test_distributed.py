@@ -7,6 +7,7 @@ differ by at most ~5e-6 from the single-process run, masks and CER are identical
 """
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -106,6 +107,10 @@ def _sync_bn_worker(rank: int, world: int, port: int, out: dict) -> None:
             # of the parameter gradients, and each input gradient ÷ world, are the one-process ones.
             out.update(x_grad=torch.cat(xg) / world, p_grad=grads / world,
                        running=torch.cat([bn.running_mean, bn.running_var]))
+        # A NaN on one rank makes every rank skip the batch; finite losses give the global mean.
+        ctx = distributed.Dist(rank, world)
+        out[f"agree{rank}"] = (distributed.agree_on_batch(torch.tensor(2.0 + 2 * rank), 1.0, ctx),
+                               distributed.agree_on_batch(torch.tensor(1.0), float("nan") if rank else 1.0, ctx))
         # A rank that disagrees is named, with the step.
         mask = {"w": torch.ones(4, 4, dtype=torch.bool)}
         distributed.verify_same("sparsity masks", mask, 7, distributed.Dist(rank, world))
@@ -137,6 +142,8 @@ def test_sync_batchnorm_on_two_ranks_equals_batchnorm_on_the_whole_batch():
     assert torch.allclose(out["p_grad"], torch.cat([bn.weight.grad, bn.bias.grad]), atol=1e-4)
     assert torch.allclose(out["running"], torch.cat([bn.running_mean, bn.running_var]), atol=1e-6)
     for rank in (0, 1):
+        (mean, ok), (nan, vetoed) = out[f"agree{rank}"]
+        assert (mean, ok) == (3.0, True) and math.isnan(nan) and not vetoed  # mean of 2 and 4; a NaN vetoes all
         assert out[f"error{rank}"].startswith("sparsity masks differ between ranks at step 8: rank(s) 1 disagree "
                                               "with rank 0")
 
