@@ -12,11 +12,12 @@ def _train(args: argparse.Namespace) -> int:
         return lm_train(args)
     from .checkpoint import CheckpointWriteError
     from .config import load_config
+    from .distributed import RankDivergence
     from .loop import TrainingDiverged, train
     cfg = load_config(args.config, args.set or [])
     try:
         train(cfg)
-    except (TrainingDiverged, CheckpointWriteError) as e:  # the run stops; its last checkpoint is whole
+    except (TrainingDiverged, CheckpointWriteError, RankDivergence) as e:  # the run stops; its last checkpoint is whole
         print(f"bsrnn: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -297,4 +297,4 @@ def verify_same(what: str, tensors: dict[str, torch.Tensor], step: int, ctx: Dis
         raise RankDivergence(
             f"{what} differ between ranks at step {step}: rank(s) {', '.join(map(str, differ))} disagree with "
             f"rank 0 (checksums {', '.join(f'{r}:{s:016x}' for r, s in enumerate(sums))}); data-parallel "
-            f"ranks must make identical pruning decisions, so this run cannot continue")
+            f"ranks must hold identical state, so the run stops here; resume it from the last checkpoint")
