@@ -108,7 +108,7 @@ RANGES = {
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"), "train.max_bad_batches": (lambda v: v >= 0, ">= 0"),
     "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = no limit)"), "train.threads": (lambda v: v >= 0, ">= 0"),
     "log.every": (lambda v: v >= 1, ">= 1"), "data.max_train_utts": (lambda v: v >= 0, ">= 0 (0 = all)"),
-    "optim.lr": (lambda v: 0 < v < math.inf, "a finite number > 0"), "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.lr": (lambda v: v > 0, "a number > 0"), "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (lambda v: 0 <= v < math.inf, ">= 0"), "optim.grad_clip": (lambda v: 0 <= v, ">= 0 (0 = no clipping)"),
     "schedule.warmup_steps": (lambda v: v >= 0, ">= 0"), "schedule.decay_start": (lambda v: v >= 0, ">= 0"),
     "schedule.decay_every": (lambda v: v >= 1, ">= 1"), "schedule.decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),

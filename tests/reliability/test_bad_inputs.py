@@ -68,8 +68,8 @@ def one_line(text: str) -> str:
 @pytest.mark.parametrize("override, message", [
     ("train.batch_size=0", "config key train.batch_size must be >= 1, got 0"),
     ("train.epochs=0", "config key train.epochs must be >= 1, got 0"),
-    ("optim.lr=-1", "config key optim.lr must be a finite number > 0, got -1"),
-    ("optim.lr=nan", "config key optim.lr must be a finite number > 0, got nan"),
+    ("optim.lr=-1", "config key optim.lr must be a number > 0, got -1"),
+    ("optim.lr=nan", "config key optim.lr must be a number > 0, got nan"),
     ("optim.momentum=1.0", r"config key optim.momentum must be in \[0, 1\), got 1.0"),
     ("schedule.decay_factor=0", r"config key schedule.decay_factor must be in \(0, 1\], got 0"),
     ("train.max_bad_batches=-1", "config key train.max_bad_batches must be >= 0, got -1"),
