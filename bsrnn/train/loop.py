@@ -99,7 +99,9 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
     """
     ctx = distributed.setup()  # rank and world from torchrun's environment; one process otherwise
     try:
-        return _train(cfg, model, ctx)
+        result = _train(cfg, model, ctx)
+        distributed.barrier(ctx)  # leave together: gloo aborts a rank whose peer tears down under it
+        return result
     finally:
         distributed.teardown(ctx)
 

@@ -120,6 +120,7 @@ def _sync_bn_worker(rank: int, world: int, port: int, out: dict) -> None:
             distributed.verify_same("sparsity masks", mask, 8, distributed.Dist(rank, world))
         except distributed.RankDivergence as e:
             out[f"error{rank}"] = str(e)
+        dist.barrier()  # leave together: gloo aborts a rank whose peer tears the group down under it
     finally:
         dist.destroy_process_group()
 
