@@ -196,3 +196,34 @@ def plot(json_path, out_dir=None) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def summary_markdown(json_path) -> str:
+    """Per-cell tables of a result file: our kernel against the reference numba kernel, the best
+    dense call and the roofline. Written beside the figures, so the README never drifts from data."""
+    res = json.loads(Path(json_path).read_text())
+    rows = res["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    load = [r["loadavg"] for r in rows]
+    lines = [f"Result file `{Path(json_path).name}`: `{res['command']}`; {res['info']['cpu']}, "
+             f"{res['info']['threads']} threads, load average {min(load):.2f}–{max(load):.2f} during the rows; "
+             f"sgemm peak {res['roofline']['sgemm_peak_GFLOPs']:.0f} GFLOP/s measured in the same run.", ""]
+    for M, K in sorted({(r["M"], r["K"]) for r in rows}):
+        cell = {(r["kernel"], r["block"], r["batch"]): r for r in rows if (r["M"], r["K"]) == (M, K)}
+        sp = max(r["sparsity"] for r in cell.values())
+        lines += [f"### {M}×{K} at {sp:.0%}", "", "| | " + " | ".join(f"B={b}" for b in batches) + " |",
+                  "|---|" + "---:|" * len(batches)]
+        best = [min(r["median_us"] for (k, bl, bb), r in cell.items() if bl == 0 and bb == b) for b in batches]
+        lines.append("| best dense µs | " + " | ".join(f"{v:.1f}" for v in best) + " |")
+        for b in sorted({bl for (_, bl, _) in cell if bl}):
+            name = "CSR" if b == 1 else f"{b}×{b}"
+            ours = [cell.get(("cpu", b, bb)) for bb in batches]
+            if not all(ours):
+                continue
+            lines.append(f"| {name} cpu µs | " + " | ".join(f"{r['median_us']:.1f}" for r in ours) + " |")
+            if all(r["speedup_vs_numba_ref"] for r in ours):
+                lines.append(f"| {name} cpu / numba ref | " + " | ".join(f"**{r['speedup_vs_numba_ref']:.2f}**" for r in ours) + " |")
+            lines.append(f"| {name} cpu vs best dense | " + " | ".join(f"{r['speedup_vs_best_dense']:.1f}" for r in ours) + " |")
+            lines.append(f"| {name} attained | " + " | ".join(f"{100 * r['attained']:.0f}%" for r in ours) + " |")
+        lines.append("")
+    return "\n".join(lines)
