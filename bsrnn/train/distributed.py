@@ -9,7 +9,7 @@ Running it
 ----------
 One machine, N processes (CPU processes use the gloo backend; give each 1-2 threads)::
 
-    torchrun --standalone --nproc_per_node=2 -m bsrnn train --config configs/gru.toml \\
+    torchrun --standalone --nproc_per_node=2 -m bsrnn train --config configs/main_dense.toml \\
         --set train.threads=1 train.run_dir=runs/gru-ddp
 
 Several machines: run the same command on every node, with the node count, this node's rank and
@@ -17,7 +17,7 @@ a rendezvous endpoint (host:port of node 0, reachable from all nodes) that all n
 
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \\
         --rdzv_backend=c10d --rdzv_endpoint=node0.example:29400 --rdzv_id=gru-ddp \\
-        -m bsrnn train --config configs/gru.toml --set train.run_dir=/shared/runs/gru-ddp
+        -m bsrnn train --config configs/main_dense.toml --set train.run_dir=/shared/runs/gru-ddp
 
 (``--node_rank=1`` on the second node; with the c10d rendezvous ``--node_rank`` may be omitted.)
 ``train.run_dir`` must be on storage that rank 0 can write; only rank 0 writes checkpoints, logs,
