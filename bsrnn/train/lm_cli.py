@@ -1,7 +1,7 @@
 """``bsrnn lm-train`` and ``bsrnn lm-sample``: parse, then call ``bsrnn.train.lm``.
 
 ``register(subparsers)`` adds both commands (the ``bsrnn`` index lists this module); the module
-also runs alone: ``python -m bsrnn.train.lm_cli lm-train --config configs/lm_char_lstm.toml``.
+is wired into the ``bsrnn`` command line (``bsrnn lm-train --config configs/lm_char_lstm.toml``).
 ``is_lm_config`` lets ``bsrnn train`` hand a language-model config to ``lm_train``.
 """
 
@@ -75,18 +75,3 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--prime", default="\\n", help="text to start from (default a newline, a document start)")
     p.set_defaults(func=lm_sample)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bsrnn")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear sentence, no traceback
-        print(f"bsrnn: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

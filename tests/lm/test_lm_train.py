@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bsrnn.train.lm import load_lm, load_lm_config, train_lm
-from bsrnn.train.lm_cli import main as lm_main
+from bsrnn.cli import main as lm_main
 from bsrnn.train.loop import TrainingDiverged
 
 WORDS = "the a cat dog sat ran on in under big small red house tree".split()
