@@ -54,6 +54,16 @@ def decode_audio(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, int]:
     return wave.mean(axis=1), int(sr)
 
 
+def _existing_nonempty(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or ``AudioError`` if it is missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file does not exist.")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: audio file is empty (0 bytes).")
+    return path
+
+
 def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, *,
                min_seconds: float = MIN_SECONDS) -> np.ndarray:
     """Read ``path`` as float32 mono at ``target_sr``.
@@ -62,11 +72,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, *,
     ``AudioError`` for a missing, empty, unreadable (corrupt or unknown format), non-finite or
     too-short (< ``min_seconds``) file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: audio file does not exist.")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: audio file is empty (0 bytes).")
+    path = _existing_nonempty(path)
     try:
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
@@ -84,11 +90,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, *,
 
 def audio_info(path: str | os.PathLike) -> tuple[float, int, int]:
     """(duration s, sample rate, channels) from the header only; raises ``AudioError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: audio file does not exist.")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: audio file is empty (0 bytes).")
+    path = _existing_nonempty(path)
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as e:
