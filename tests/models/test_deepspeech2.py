@@ -5,6 +5,7 @@ import torch
 
 from bsrnn.models import PRESETS, ClippedReLURNN, build_model, count_parameters
 from bsrnn.models.deepspeech2 import reverse_within_lengths
+from bsrnn.models.recurrent import GRUScan, length_mask, padded_recurrent
 from bsrnn.sparsity import select_targets
 
 SMALL = dict(hidden=16, layers=2, conv_channels=4)
@@ -33,6 +34,47 @@ def test_padding_does_not_change_an_utterance(rnn_type, lookahead):
         alone_lp, alone_len = model(feats[i:i + 1, :n], lengths[i:i + 1])
         assert int(alone_len) == int(batch_len[i])
         torch.testing.assert_close(batch_lp[: int(alone_len), i], alone_lp[:, 0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls,kw,scan", [(torch.nn.GRU, {}, True), (torch.nn.GRU, {}, False), (torch.nn.LSTM, {}, False),
+                                         (torch.nn.RNN, {}, False), (torch.nn.RNN, {"nonlinearity": "relu"}, False),
+                                         (torch.nn.GRU, {"bias": False}, True), (torch.nn.GRU, {"bias": False}, False)])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_padded_recurrent_equals_the_packed_module_in_outputs_and_gradients(cls, kw, scan, bidirectional):
+    torch.manual_seed(2)
+    rnn = cls(6, 5, 2, bidirectional=bidirectional, **kw)
+    lengths = torch.tensor([9, 4, 7, 1])
+    x = torch.randn(9, 4, 6)
+    valid = length_mask(lengths, 9).t()[:, :, None]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    ref = torch.nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], total_length=9)[0]
+    (ref * torch.linspace(0.5, 1.5, ref.shape[-1])).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in rnn.named_parameters()}
+    rnn.zero_grad()
+    out = padded_recurrent(rnn, x, lengths, scan=scan)
+    (out * torch.linspace(0.5, 1.5, out.shape[-1])).sum().backward()
+    torch.testing.assert_close(out, ref * valid, atol=1e-6, rtol=1e-5)  # padding frames are zero
+    assert not out[~valid.expand_as(out)].any()
+    for n, p in rnn.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_gru_scan_backward_passes_gradcheck():
+    torch.manual_seed(3)
+    d, n, hid, t = 2, 3, 4, 5
+    args = (torch.randn(t, d, n, 3 * hid, dtype=torch.float64, requires_grad=True),
+            0.5 * torch.randn(d, hid, 3 * hid, dtype=torch.float64, requires_grad=True),
+            torch.randn(d, 1, 3 * hid, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(GRUScan.apply, args)
+
+
+def test_padded_recurrent_refuses_what_it_cannot_run_exactly():
+    with pytest.raises(ValueError, match="batch_first|projection|dropout"):
+        padded_recurrent(torch.nn.LSTM(4, 4, batch_first=True), torch.randn(2, 3, 4), torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match="projection"):
+        padded_recurrent(torch.nn.LSTM(4, 4, proj_size=2), torch.randn(3, 2, 4), torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match="scan=True needs a GRU"):
+        padded_recurrent(torch.nn.LSTM(4, 4), torch.randn(3, 2, 4), torch.tensor([3, 3]), scan=True)
 
 
 def test_padding_changes_nothing_even_for_the_unidirectional_gru_with_row_conv():

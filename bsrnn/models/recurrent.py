@@ -1,0 +1,157 @@
+"""Running ``nn.RNN/GRU/LSTM`` layers over padded batches, fast on CPUs, without padding leaking.
+
+PyTorch's usual way to keep padding out of a bidirectional RNN is a PackedSequence. On CPUs its
+backward pass is slow: a training step of the GRU 3×128 speech model takes about 1.5× longer
+packed than with the path here (``bsrnn bench overhead`` measures both). Here every layer runs
+on the padded tensor: the forward direction over it as it is (padding follows the valid frames,
+so it can never reach them) and the reverse direction forward over each utterance reversed
+within its own length. The results on valid frames equal the packed module's, and so do the
+gradients (tests/models).
+
+GRUs on CPUs go further through ``GRUScan``: both directions of a layer advance together, one
+batched matmul per time step, with a hand-written backward pass through time that runs a few
+whole-tensor operations per step instead of recording every one for autograd (about 1.4× faster
+to train than the fused ``aten::gru`` op, which on CPUs is a per-step loop of autograd ops).
+Everything keeps the module's own parameters, so pruning, checkpoints and export are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import _VF, nn  # _VF: the fused RNN ops behind nn.GRU/nn.LSTM.forward
+
+
+def length_mask(lengths: torch.Tensor, t_max: int) -> torch.Tensor:
+    """``(N, T)`` boolean: True at frames inside each utterance."""
+    return torch.arange(t_max, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x (T, N, ...)`` over its first ``lengths[n]`` frames only.
+
+    Padding stays at the end, so a backward pass over the result starts at each utterance's own
+    last frame. The map is its own inverse on the valid frames.
+    """
+    t_max = x.shape[0]
+    t = torch.arange(t_max, device=x.device)[:, None]  # (T, 1)
+    idx = torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # (T, N)
+    idx = idx.view(t_max, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.gather(x, 0, idx)
+
+
+class GRUScan(torch.autograd.Function):
+    """The GRU recurrence of ``D`` independent directions over padded time, zero initial state.
+
+    Inputs: ``gi (T, D, N, 3H)`` = ``W_ih x_t + b_ih`` for every step (gates r, z, n as in
+    ``nn.GRU``), ``u (D, H, 3H)`` = ``W_hh`` transposed per direction, ``b_hh (D, 1, 3H)``.
+    Output ``h (T, D, N, H)`` with, as in ``nn.GRU``::
+
+        r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r ⊙ gh_n), h' = (1 - z) ⊙ n + z ⊙ h
+        where gh = h W_hhᵀ + b_hh
+
+    The backward pass precomputes every factor that does not depend on the incoming gradient,
+    so each step back is two multiplications, an addition and one batched matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, gi: torch.Tensor, u: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+        t_max, d, n, h3 = gi.shape
+        hid = h3 // 3
+        hs = gi.new_empty(t_max + 1, d, n, hid)  # hs[t] is the state before step t
+        hs[0].zero_()
+        rz = gi.new_empty(t_max, d, n, 2 * hid)
+        ns = gi.new_empty(t_max, d, n, hid)
+        ghs = gi.new_empty(t_max, d, n, h3)
+        for t in range(t_max):
+            gh = torch.baddbmm(b_hh, hs[t], u, out=ghs[t])  # (D, N, 3H)
+            torch.add(gi[t, ..., : 2 * hid], gh[..., : 2 * hid], out=rz[t]).sigmoid_()
+            torch.addcmul(gi[t, ..., 2 * hid:], rz[t, ..., :hid], gh[..., 2 * hid:], out=ns[t]).tanh_()
+            torch.lerp(ns[t], hs[t], rz[t, ..., hid:], out=hs[t + 1])  # n + z (h - n)
+        ctx.save_for_backward(u, hs, rz, ns, ghs)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, dhs: torch.Tensor):
+        u, hs, rz, ns, ghs = ctx.saved_tensors
+        t_max, d, n, hid = dhs.shape
+        r, z = rz[..., :hid], rz[..., hid:]
+        dn_pre = (1 - z) * (1 - ns * ns)  # ∂(gi_n pre-activation)/∂h_t
+        # ∂ pre-activations (r, z, n) / ∂h_t, for gi and (n-part times r) for gh: (T, D, N, 3, H)
+        coef = torch.stack([dn_pre * ghs[..., 2 * hid:] * r * (1 - r), (hs[:-1] - ns) * z * (1 - z), dn_pre], 3)
+        coef_h = coef.clone()
+        coef_h[..., 2, :] *= r
+        dgi = dhs.new_empty(t_max, d, n, 3, hid)
+        dgh = dhs.new_empty(t_max, d, n, 3, hid)
+        u_t = u.transpose(1, 2)  # (D, 3H, H)
+        dh = dhs.new_zeros(d, n, hid)
+        for t in range(t_max - 1, -1, -1):
+            dh = dh + dhs[t]
+            torch.mul(dh.unsqueeze(2), coef[t], out=dgi[t])
+            torch.mul(dh.unsqueeze(2), coef_h[t], out=dgh[t])
+            dh = torch.baddbmm(dh * z[t], dgh[t].view(d, n, 3 * hid), u_t)
+        dgh = dgh.view(t_max, d, n, 3 * hid)
+        du = torch.bmm(hs[:-1].permute(1, 3, 0, 2).reshape(d, hid, t_max * n),
+                       dgh.permute(1, 0, 2, 3).reshape(d, t_max * n, 3 * hid))
+        return dgi.view(t_max, d, n, 3 * hid), du, dgh.sum((0, 2))[:, None, :]
+
+
+def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Layer ``k`` of ``rnn`` over padded ``x (T, N, In)``, all directions in one ``GRUScan``."""
+    sfx = ("", "_reverse")[: 2 if rnn.bidirectional else 1]
+    d, hid = len(sfx), rnn.hidden_size
+    t_max, n, _ = x.shape
+    w_ih = torch.cat([getattr(rnn, f"weight_ih_l{k}{s}") for s in sfx])  # (D*3H, In)
+    u = torch.stack([getattr(rnn, f"weight_hh_l{k}{s}").t() for s in sfx])  # (D, H, 3H)
+    if rnn.bias:
+        b_ih = torch.cat([getattr(rnn, f"bias_ih_l{k}{s}") for s in sfx])
+        b_hh = torch.stack([getattr(rnn, f"bias_hh_l{k}{s}") for s in sfx])[:, None, :]  # (D, 1, 3H)
+    else:
+        b_ih, b_hh = None, x.new_zeros(d, 1, 3 * hid)
+    gi = F.linear(x, w_ih, b_ih).view(t_max, n, d, 3 * hid)  # every step's input projection, one GEMM
+    if d == 2:  # the reverse direction runs forward over each reversed utterance
+        gi = torch.stack([gi[:, :, 0], reverse_within_lengths(gi[:, :, 1], lengths)], 2)
+    y = GRUScan.apply(gi.permute(0, 2, 1, 3).contiguous(), u.contiguous(), b_hh.contiguous())  # (T, D, N, H)
+    y = y.permute(0, 2, 1, 3)  # (T, N, D, H)
+    if d == 2:
+        y = torch.stack([y[:, :, 0], reverse_within_lengths(y[:, :, 1], lengths)], 2)
+    return y.reshape(t_max, n, d * hid)
+
+
+_VF_OPS = {"GRU": _VF.gru, "LSTM": _VF.lstm, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *, scan: bool | None = None) -> torch.Tensor:
+    """Run a (time-major, zero initial state) ``nn.RNN/GRU/LSTM`` over padded ``x (T, N, In)``.
+
+    Same result on every valid frame as running it on the PackedSequence of ``x`` and
+    ``lengths``; the padding frames of the output are zero. ``scan`` picks ``GRUScan`` for a GRU
+    (default: on CPU tensors); otherwise each layer and direction is one fused unidirectional
+    ``_VF`` call (cuDNN on GPUs) with the module's own parameters.
+    """
+    if rnn.batch_first or getattr(rnn, "proj_size", 0) or rnn.dropout or rnn.mode not in _VF_OPS:
+        raise ValueError(f"padded_recurrent supports time-major {', '.join(_VF_OPS)} without projection "
+                         f"or dropout, not {rnn}")
+    if lengths.device != x.device:
+        lengths = lengths.to(x.device)
+    scan = (rnn.mode == "GRU" and not x.is_cuda) if scan is None else scan
+    if scan and rnn.mode != "GRU":
+        raise ValueError(f"scan=True needs a GRU, not {rnn.mode}")
+    op, n, dirs = _VF_OPS[rnn.mode], x.shape[1], 2 if rnn.bidirectional else 1
+    for k in range(rnn.num_layers):
+        if scan:
+            x = _gru_layer_scan(rnn, k, x, lengths)
+            continue
+        outs = []
+        for d, sfx in enumerate(("", "_reverse")[:dirs]):
+            names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if rnn.bias else ())
+            weights = [getattr(rnn, f"{w}_l{k}{sfx}") for w in names]
+            xi = reverse_within_lengths(x, lengths) if d else x
+            h0 = x.new_zeros(1, n, rnn.hidden_size)
+            hx = (h0, h0) if rnn.mode == "LSTM" else h0
+            y = op(xi, hx, weights, rnn.bias, 1, 0.0, rnn.training, False, False)[0]  # (T, N, H)
+            outs.append(reverse_within_lengths(y, lengths) if d else y)
+        x = torch.cat(outs, 2) if dirs == 2 else outs[0]  # (T, N, D*H)
+    # Padding frames only ever follow the valid ones, so they never reached a valid output;
+    # zero them for what follows (a row convolution looks ahead).
+    return x * length_mask(lengths, x.shape[0]).t()[:, :, None]
