@@ -37,3 +37,11 @@ def test_plot_reads_only_the_result_file(tmp_path):
 
 def test_benches_table_lists_the_sub_commands():
     assert {"kernels", "inference"} <= set(BENCHES)
+
+
+def test_overhead_measures_every_row_and_restores_the_padded_path():
+    from bsrnn.bench import overhead
+    res = overhead.measure("gru32", batch=2, frames=24, rounds=1, threads=1)
+    assert set(res["median_s"]) == {"train_step", "train_step_packed", "bp_update", "bp_apply", "gl_penalty"}
+    assert all(v > 0 for v in res["median_s"].values())
+    assert res["packed_over_padded"] > 0 and set(res["meets_goals"]) == set(overhead.GOALS)
