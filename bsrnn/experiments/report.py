@@ -1,7 +1,9 @@
 """REPORT.md for ``bsrnn reproduce``: the paper's tables beside ours, a verdict per claim, figures.
 
 Reads only the runs' files (``report.json``, and the sparsity history in ``last.pt``), so the
-report can be rewritten at any time (``--report-only``). Relative Perf is
+report can be rewritten at any time (``--report-only``). Each run's evidence is also copied to
+``<out>/runs/<run>.json`` (its report and sparsity history), which is committed: the report can
+be rewritten from those alone on a machine that never had the run directories. Relative Perf is
 ``(CER_dense − CER) / CER_dense`` against the dense model of the same family and width W, as in
 PAPER.md §8; # Params counts nonzero parameters; Sparsity is against the whole dense model.
 """
@@ -44,14 +46,19 @@ TITLES = {"table1": "Table 1 — block sparsity (4×4)", "table2": "Table 2 — 
           "sweep": "Accuracy vs sparsity (BP 4×4, target mode)"}
 
 
-def load_run(runs: Path, scale: Scale, run: Run) -> dict | None:
+def load_run(runs: Path, scale: Scale, run: Run, saved: Path | None = None) -> dict | None:
+    """A finished run's report with its sparsity history: from its run directory, else from the
+    copy ``saved/<run>.json`` an earlier report kept; None when neither exists."""
     path = runs / scale.name / run.name / "report.json"
-    if not path.is_file():
+    if path.is_file():
+        rep = json.loads(path.read_text())
+        last = path.parent / "last.pt"
+        rep["layer_history"] = load_checkpoint(last)["sparsity"].get("layer_history", {}) if last.is_file() else {}
+    elif saved is not None and (saved / f"{run.name}.json").is_file():
+        rep = json.loads((saved / f"{run.name}.json").read_text())
+    else:
         return None
-    rep = json.loads(path.read_text())
     rep["cer"] = rep["splits"][SPLIT]["cer"]
-    last = path.parent / "last.pt"
-    rep["layer_history"] = load_checkpoint(last)["sparsity"].get("layer_history", {}) if last.is_file() else {}
     return rep
 
 
@@ -189,22 +196,36 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _machine() -> str:
+    import os
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()}-core {cpu}"
+
+
 def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t = tables(scale)
+    saved = out / "runs"
     results = {}
     for rows in t.values():
         for _, run in rows:
             if run.name not in results:
-                results[run.name] = load_run(runs, scale, run)
+                results[run.name] = load_run(runs, scale, run, saved)
     missing = sorted(n for n, r in results.items() if r is None)
     results = {n: r for n, r in results.items() if r is not None}
+    saved.mkdir(exist_ok=True)
+    for name, rep in results.items():  # the evidence behind every row, kept with the report
+        (saved / f"{name}.json").write_text(json.dumps({k: v for k, v in rep.items() if k != "cer"}, indent=1))
     made = figures(t, results, scale, out)
     kernels = sorted(p.relative_to(out.parent).as_posix() for p in (out.parent / "kernels").glob("*.png"))
     md = [f"# Reproducing BSRNN at {scale.name} scale", "",
           f"Command: `{command}`; wall time of this invocation {wall_seconds / 60:.1f} min "
-          f"(runs trained earlier are not re-timed; each run's time is in its report.json). Machine: "
-          f"{platform.machine()}, torch {torch.__version__}. Corpus: {scale.n_utts} synthetic utterances; "
+          f"(runs trained earlier are not re-timed; each run's time is in runs/<run>.json). Machine: "
+          f"{_machine()}, torch {torch.__version__}. Corpus: {scale.n_utts} synthetic utterances; "
           f"CER on the `{SPLIT}` split (prompts never seen in training), one seed per row.", ""]
     if missing:
         md += [f"**{len(missing)} of {len(missing) + len(results)} runs are not finished**: {', '.join(missing)}.", ""]
