@@ -27,6 +27,9 @@ class Scale:
     freq: int  # mask update period
     batch_size: int = 24
     conv_channels: int = 32  # channels of both conv layers (the front end is ~40 % of a step)
+    # pruning window (start, ramp, end) as fractions of training, per family: start once the
+    # family has left CTC's all-blank phase (CALIBRATION.md §5), keep the rest to recover
+    prune_window: dict = field(default_factory=lambda: {"gru": (0.25, 0.4, 0.55), "rnn": (0.25, 0.4, 0.55)})
     held_out: tuple[int, int, int] = (300, 300, 200)  # dev, test, test_unseen_voices utterances
     lr: dict = field(default_factory=lambda: {"gru": 1.5e-3, "rnn": 1.0e-3})
     gl_lambda: float = 3e-4  # GL alone: large (proximal, exact zeros)
@@ -42,11 +45,13 @@ SCALES = {
     # front end halves a step's cost; the small dense model's width is solved by matched_width.
     "small": Scale("small", n_utts=4000, epochs=4, widths={"gru": (128, 192), "rnn": (128, 192)},
                    layers={"gru": 3, "rnn": 3}, freq=10, conv_channels=16,
-                   lr={"gru": 1.5e-3, "rnn": 1.5e-3}),
+                   lr={"gru": 1.5e-3, "rnn": 1.5e-3},
+                   # The GRU leaves the all-blank phase later than the clipped-ReLU RNN here (dev
+                   # CER 99.8 % after epoch 1 against 90.5 %); pruned from 25 % on it never
+                   # learned (99.8 % after 3 epochs), so it is pruned later.
+                   prune_window={"gru": (0.35, 0.5, 0.65), "rnn": (0.25, 0.4, 0.55)}),
 }
 
-# CALIBRATION.md §5: start after the all-blank phase (about one epoch here), keep 45 % to recover
-PRUNE_WINDOW = ("start=0.25", "ramp=0.4", "end=0.55")
 BASE_PRESET = {"gru": "gru128", "rnn": "rnn256"}  # widths and depths are overridden per run
 
 
@@ -74,7 +79,8 @@ class Run:
                 f"sparsity.block=[{self.block[0]}, {self.block[1]}]", f"sparsity.how={self.how}",
                 f"sparsity.freq={scale.freq}", "sparsity.pad=true", "sparsity.exclude=[\"output.*\"]"]
         if self.method in ("bp", "glp", "wp"):
-            sets += [f"sparsity.{s}" for s in PRUNE_WINDOW]
+            start, ramp, end = scale.prune_window[self.family]
+            sets += [f"sparsity.start={start}", f"sparsity.ramp={ramp}", f"sparsity.end={end}"]
             sets.append("sparsity.q=\"auto\"" if self.target is None else f"sparsity.target={self.target}")
         if self.method == "gl":
             sets += [f"sparsity.lambda_g={scale.gl_lambda}", "sparsity.proximal=true"]
@@ -119,9 +125,11 @@ def tables(scale: Scale) -> dict[str, list[tuple[str, Run]]]:
         w = scale.widths[fam][0]
         out["table3"] += [(f"{fam.upper()} Sparse", Run(fam, w, "wp" if b == (1, 1) else "bp", b, target=None))
                           for b in blocks]
-    w = scale.widths["gru"][0]
-    out["reductions"] = [(f"GRU Sparse {w}", Run("gru", w, "bp", how=h)) for h in ("max", "mean", "rms", "geomean", "median")]
-    out["sweep"] = [(f"GRU Sparse {w}", Run("gru", w, "bp", target=t)) for t in (0.7, 0.8, 0.9, 0.95, 0.97)]
+    # Beyond the paper, on the RNN model: at this scale it learns sooner than the GRU, so the
+    # comparisons are not swamped by models that never left the all-blank phase.
+    w = scale.widths["rnn"][0]
+    out["reductions"] = [(f"RNN Sparse {w}", Run("rnn", w, "bp", how=h)) for h in ("max", "mean", "rms", "geomean", "median")]
+    out["sweep"] = [(f"RNN Sparse {w}", Run("rnn", w, "bp", target=t)) for t in (0.7, 0.8, 0.9, 0.95, 0.97)]
     return out
 
 
