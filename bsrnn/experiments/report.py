@@ -24,6 +24,7 @@ from ..train.checkpoint import load_checkpoint  # noqa: E402
 from .grid import Run, Scale, tables  # noqa: E402
 
 SPLIT = "test"  # held-out prompts: the stand-in for the paper's test set
+BLANK_CER = 90.0  # at or above this CER a CTC model has not left the all-blank phase: it did not learn
 
 # The paper's rows (PAPER.md §8), as (label, algorithm or block, params M, sparsity %, CER).
 PAPER = {
@@ -79,8 +80,9 @@ def table_md(key: str, rows: list[tuple[str, Run]], results: dict, scale: Scale)
             continue
         dense = _dense_cer(results, run, scale)
         rel = f"{100 * (dense - r['cer']) / dense:.1f}%" if dense else "—"
+        flag = " (did not learn)" if r["cer"] >= BLANK_CER else ""
         lines.append(f"| {label} | {col} | {r['nonzero_params'] / 1e6:.3f} | {100 * r['sparsity']:.1f}% | "
-                     f"{r['cer']:.2f} | {rel} |")
+                     f"{r['cer']:.2f}{flag} | {rel} |")
     return "\n".join(lines)
 
 
@@ -119,7 +121,9 @@ def claims(t: dict, results: dict, scale: Scale) -> list[str]:
             if sd and sp:
                 wins.append(sp["cer"] < sd["cer"] and sp["nonzero_params"] <= 1.15 * sd["nonzero_params"])
                 ev.append(f"{f.upper()} {m.upper()} {wide}: {sp['cer']:.1f} with {sp['nonzero_params'] / 1e3:.0f}k "
-                          f"vs dense {small[0].width}: {sd['cer']:.1f} with {sd['nonzero_params'] / 1e3:.0f}k")
+                          f"vs dense {small[0].width}: {sd['cer']:.1f} with {sd['nonzero_params'] / 1e3:.0f}k"
+                          + (" (the small dense model never left the all-blank phase: weak evidence)"
+                             if sd["cer"] >= BLANK_CER else ""))
     verdict = _verdict(wins)
     out.append(f"2. **A wider sparse model beats the small dense model of equal size** — {verdict}: {'; '.join(ev)}.")
     # (3) GLP beats GL at similar sparsity.
@@ -227,6 +231,18 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
           f"(runs trained earlier are not re-timed; each run's time is in runs/<run>.json). Machine: "
           f"{_machine()}, torch {torch.__version__}. Corpus: {scale.n_utts} synthetic utterances; "
           f"CER on the `{SPLIT}` split (prompts never seen in training), one seed per row.", ""]
+    any_run = next(iter(results.values()), None)
+    if any_run:
+        steps = any_run["steps"]
+        train_s = sum(r["history"]["seconds"][-1] for r in results.values() if r.get("history", {}).get("seconds"))
+        md += [f"Recipe: {any_run['train_utterances']} training utterances, {scale.epochs} epochs of batch "
+               f"{scale.batch_size} ({steps} steps) per run; {scale.layers['rnn']} bidirectional layers; widths "
+               f"W/wide {scale.widths['rnn']} (RNN) and {scale.widths['gru']} (GRU); conv front end with "
+               f"{scale.conv_channels} channels; Adam, lr {scale.lr}; masks updated every {scale.freq} steps; "
+               f"pruning window (start, ramp, end) as fractions of training {scale.prune_window}; GL λ "
+               f"{scale.gl_lambda} (proximal), GLP λ {scale.glp_lambda}. Training time summed over the "
+               f"{len(results)} runs: {train_s / 3600:.2f} h of 1-thread processes, two at a time. A CER "
+               f"≥ {BLANK_CER:.0f} % marks a model that never left CTC's all-blank phase.", ""]
     if missing:
         md += [f"**{len(missing)} of {len(missing) + len(results)} runs are not finished**: {', '.join(missing)}.", ""]
     md += ["## Claims", ""] + claims(t, results, scale) + [""]
