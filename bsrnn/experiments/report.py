@@ -48,17 +48,30 @@ TITLES = {"table1": "Table 1 — block sparsity (4×4)", "table2": "Table 2 — 
 
 
 def load_run(runs: Path, scale: Scale, run: Run, saved: Path | None = None) -> dict | None:
-    """A finished run's report with its sparsity history: from its run directory, else from the
-    copy ``saved/<run>.json`` an earlier report kept; None when neither exists."""
+    """A finished run's report with its sparsity history and recipe (the grid overrides): from its
+    run directory, else from the copy ``saved/<run>.json`` an earlier report kept. None when
+    neither exists or when what exists was made by another recipe (a stale run)."""
     path = runs / scale.name / run.name / "report.json"
+    copy = saved / f"{run.name}.json" if saved is not None else None
+    want = run.overrides(scale)
     if path.is_file():
+        stamp = path.parent / "grid.json"
+        if stamp.is_file() and json.loads(stamp.read_text()) != want:
+            return None
         rep = json.loads(path.read_text())
         last = path.parent / "last.pt"
-        rep["layer_history"] = load_checkpoint(last)["sparsity"].get("layer_history", {}) if last.is_file() else {}
-    elif saved is not None and (saved / f"{run.name}.json").is_file():
-        rep = json.loads((saved / f"{run.name}.json").read_text())
+        if last.is_file():
+            rep["layer_history"] = load_checkpoint(last)["sparsity"].get("layer_history", {})
+        elif copy is not None and copy.is_file():  # keep the history an earlier report saved
+            rep["layer_history"] = json.loads(copy.read_text()).get("layer_history", {})
+        rep["overrides"] = want
+    elif copy is not None and copy.is_file():
+        rep = json.loads(copy.read_text())
+        if rep.get("overrides") != want:
+            return None
     else:
         return None
+    rep.setdefault("layer_history", {})
     rep["cer"] = rep["splits"][SPLIT]["cer"]
     return rep
 
@@ -210,10 +223,11 @@ def _machine() -> str:
     return f"{os.cpu_count()}-core {cpu}"
 
 
-def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, command: str) -> dict:
+def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, command: str, workers: int = 2,
+                 threads: int = 1) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t = tables(scale)
-    saved = out / "runs"
+    saved = out / "runs" / scale.name
     results = {}
     for rows in t.values():
         for _, run in rows:
@@ -221,27 +235,31 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
                 results[run.name] = load_run(runs, scale, run, saved)
     missing = sorted(n for n, r in results.items() if r is None)
     results = {n: r for n, r in results.items() if r is not None}
-    saved.mkdir(exist_ok=True)
+    saved.mkdir(parents=True, exist_ok=True)
     for name, rep in results.items():  # the evidence behind every row, kept with the report
         (saved / f"{name}.json").write_text(json.dumps({k: v for k, v in rep.items() if k != "cer"}, indent=1))
+    for orphan in saved.glob("*.json"):  # runs no longer in the grid, or stale ones
+        if orphan.stem not in results:
+            orphan.unlink()
     made = figures(t, results, scale, out)
     kernels = sorted(p.relative_to(out.parent).as_posix() for p in (out.parent / "kernels").glob("*.png"))
     md = [f"# Reproducing BSRNN at {scale.name} scale", "",
           f"Command: `{command}`; wall time of this invocation {wall_seconds / 60:.1f} min "
-          f"(runs trained earlier are not re-timed; each run's time is in runs/<run>.json). Machine: "
-          f"{_machine()}, torch {torch.__version__}. Corpus: {scale.n_utts} synthetic utterances; "
+          f"(runs trained earlier are not re-timed; each run's time is in runs/{scale.name}/<run>.json). "
+          f"Report written on: {_machine()}, torch {torch.__version__}. Corpus: {scale.n_utts} synthetic utterances; "
           f"CER on the `{SPLIT}` split (prompts never seen in training), one seed per row.", ""]
     any_run = next(iter(results.values()), None)
     if any_run:
-        steps = any_run["steps"]
+        steps = any_run.get("steps", "?")
         train_s = sum(r["history"]["seconds"][-1] for r in results.values() if r.get("history", {}).get("seconds"))
-        md += [f"Recipe: {any_run['train_utterances']} training utterances, {scale.epochs} epochs of batch "
+        md += [f"Recipe: {any_run.get('train_utterances', '?')} training utterances, {scale.epochs} epochs of batch "
                f"{scale.batch_size} ({steps} steps) per run; {scale.layers['rnn']} bidirectional layers; widths "
                f"W/wide {scale.widths['rnn']} (RNN) and {scale.widths['gru']} (GRU); conv front end with "
                f"{scale.conv_channels} channels; Adam, lr {scale.lr}; masks updated every {scale.freq} steps; "
                f"pruning window (start, ramp, end) as fractions of training {scale.prune_window}; GL λ "
                f"{scale.gl_lambda} (proximal), GLP λ {scale.glp_lambda}. Training time summed over the "
-               f"{len(results)} runs: {train_s / 3600:.2f} h of 1-thread processes, two at a time. A CER "
+               f"{len(results)} runs (each run's last session): {train_s / 3600:.2f} h of {threads}-thread processes, "
+               f"{workers} at a time. A CER "
                f"≥ {BLANK_CER:.0f} % marks a model that never left CTC's all-blank phase.", ""]
     if missing:
         md += [f"**{len(missing)} of {len(missing) + len(results)} runs are not finished**: {', '.join(missing)}.", ""]

@@ -9,6 +9,7 @@ picks up where it was. Then ``report.py`` writes ``REPORT.md``, ``results.json``
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,11 +33,27 @@ def train_command(run: Run, scale: Scale, corpus: Path, out: Path, threads: int)
     return [sys.executable, "-m", "bsrnn", "train", "--config", str(CONFIG), "--set", *sets]
 
 
+def recipe_matches(out: Path, run: Run, scale: Scale) -> bool:
+    """Whether the run directory was made by this recipe (its ``grid.json`` holds the overrides;
+    a directory from before ``grid.json`` existed is taken as current and stamped)."""
+    stamp, want = out / "grid.json", run.overrides(scale)
+    if not stamp.is_file():
+        if out.is_dir():
+            stamp.write_text(json.dumps(want, indent=1))
+        return True
+    return json.loads(stamp.read_text()) == want
+
+
 def train_one(run: Run, scale: Scale, corpus: Path, runs: Path, threads: int) -> tuple[str, str, float]:
     out = run_dir(runs, scale, run)
+    if out.is_dir() and not recipe_matches(out, run, scale):  # an older recipe: keep it aside, start again
+        stale = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(stale)
+        print(f"  {run.name}: made by another recipe; moved to {stale.name} and trained again", flush=True)
     if (out / "report.json").is_file():
         return run.name, "done before", 0.0
     out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(run.overrides(scale), indent=1))
     started = time.perf_counter()
     with open(out / "train.log", "a") as log:
         proc = subprocess.run(train_command(run, scale, corpus, out, threads), stdout=log, stderr=subprocess.STDOUT,
@@ -69,8 +86,8 @@ def reproduce(scale_name: str = "small", *, corpus: str | None = None, runs: str
                 print(f"  {name:<40} {status:<14} {took / 60:6.1f} min", flush=True)
     from .report import write_report
     wall = time.perf_counter() - started
-    return write_report(scale, runs_dir, Path(out), wall_seconds=wall,
-                        command=f"bsrnn reproduce --scale {scale.name} --workers {workers}")
+    return write_report(scale, runs_dir, Path(out), wall_seconds=wall, workers=workers, threads=threads,
+                        command=f"bsrnn reproduce --scale {scale.name} --workers {workers} --threads {threads}")
 
 
 def register(subparsers) -> None:

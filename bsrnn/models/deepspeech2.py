@@ -15,7 +15,7 @@ never leak into an utterance: the conv activations are zeroed past each length (
 utterance sees exactly the zeros an unpadded one sees), and every recurrent layer runs its
 reverse direction forward over each utterance reversed within its own length, so padding only
 ever follows the valid frames (``recurrent.padded_recurrent``). ``nn.GRU``/``nn.LSTM`` are not run on
-PackedSequences: on CPUs that trains about 1.5× slower (``bsrnn bench overhead`` records both).
+PackedSequences: on CPUs that trains about 1.7× slower (``bsrnn bench overhead`` records both).
 (In training mode the conv BatchNorm statistics do include padded frames, as in Deep Speech 2.)
 
 The output layer is called ``output`` so a pruning config can exclude it (``exclude =
@@ -218,6 +218,8 @@ class DeepSpeech2(nn.Module):
         return self.conv.out_lengths(lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rnn_input not in ("padded", "packed"):
+            raise ValueError(f"rnn_input must be 'padded' or 'packed', not {self.rnn_input!r}")
         x, out_lengths = self.conv(features, lengths)  # (T', N, 640)
         if isinstance(self.rnn, ClippedReLURNN):
             x = self.rnn(x, out_lengths)  # (T', N, D*H)

@@ -153,5 +153,6 @@ def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *,
             outs.append(reverse_within_lengths(y, lengths) if d else y)
         x = torch.cat(outs, 2) if dirs == 2 else outs[0]  # (T, N, D*H)
     # Padding frames only ever follow the valid ones, so they never reached a valid output;
-    # zero them for what follows (a row convolution looks ahead).
-    return x * length_mask(lengths, x.shape[0]).t()[:, :, None]
+    # zero them for what follows (a row convolution looks ahead). where, not a product: an
+    # unbounded ReLU RNN may reach inf on padding, and inf * 0 is NaN.
+    return torch.where(length_mask(lengths, x.shape[0]).t()[:, :, None], x, 0.0)

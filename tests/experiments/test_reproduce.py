@@ -52,3 +52,21 @@ def test_whole_tiny_grid(tmp_path):
     assert main(["reproduce", "--scale", "tiny", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                  "--corpus", str(tmp_path / "corpus")]) == 0
     assert "not finished" not in (tmp_path / "out" / "REPORT.md").read_text()
+
+
+def test_a_run_made_by_another_recipe_is_not_reported_or_reused(tmp_path):
+    from bsrnn.experiments.report import load_run
+    from bsrnn.experiments.reproduce import recipe_matches
+    scale, run = SCALES["tiny"], Run("rnn", 32, "bp")
+    out = tmp_path / "runs" / "tiny" / run.name
+    out.mkdir(parents=True)
+    assert recipe_matches(out, run, scale)  # a directory without a stamp is taken as current and stamped
+    assert json.loads((out / "grid.json").read_text()) == run.overrides(scale)
+    (out / "grid.json").write_text(json.dumps(run.overrides(scale)[:-1] + ["sparsity.start=0.9"]))
+    assert not recipe_matches(out, run, scale)
+    (out / "report.json").write_text(json.dumps({"splits": {"test": {"cer": 50.0}}}))
+    assert load_run(tmp_path / "runs", scale, run) is None  # stale: not in the report
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / f"{run.name}.json").write_text(json.dumps({"splits": {"test": {"cer": 50.0}}, "overrides": ["old"]}))
+    assert load_run(tmp_path / "nowhere", scale, run, saved) is None
