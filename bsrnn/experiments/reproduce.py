@@ -73,6 +73,8 @@ def reproduce(scale_name: str = "small", *, corpus: str | None = None, runs: str
     runs_dir = Path(runs)
     started = time.perf_counter()
     grid = [r for r in all_runs(scale) if not only or r.name in only]
+    if only:  # in the order given, so the runs that matter most can go first
+        grid.sort(key=lambda r: only.index(r.name))
     if only and len(grid) != len(only):
         known = {r.name for r in all_runs(scale)}
         raise ValueError(f"unknown run names {sorted(set(only) - known)}; runs are e.g. {sorted(known)[:4]}")
@@ -98,7 +100,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="benchmarks/reproduce", help="REPORT.md, results and figures (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="runs trained at once (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default %(default)s)")
-    p.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs (names as in the log)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs, in this order (names as in the log)")
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs, train nothing")
     p.set_defaults(func=_cli)
 
