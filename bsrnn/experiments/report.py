@@ -55,8 +55,11 @@ def load_run(runs: Path, scale: Scale, run: Run, saved: Path | None = None) -> d
     copy = saved / f"{run.name}.json" if saved is not None else None
     want = run.overrides(scale)
     if path.is_file():
-        stamp = path.parent / "grid.json"
+        from .reproduce import _config_holds
+        stamp, config = path.parent / "grid.json", path.parent / "config.json"
         if stamp.is_file() and json.loads(stamp.read_text()) != want:
+            return None
+        if not stamp.is_file() and config.is_file() and not _config_holds(json.loads(config.read_text()), want):
             return None
         rep = json.loads(path.read_text())
         last = path.parent / "last.pt"

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..data.synth import synthesize
+from ..train.config import parse_override
 from .grid import SCALES, Run, Scale, all_runs
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "reproduce.toml"
@@ -33,15 +34,34 @@ def train_command(run: Run, scale: Scale, corpus: Path, out: Path, threads: int)
     return [sys.executable, "-m", "bsrnn", "train", "--config", str(CONFIG), "--set", *sets]
 
 
+def _config_holds(config: dict, overrides: list[str]) -> bool:
+    """Whether a run's resolved ``config.json`` has every ``section.key=value`` override."""
+    for item in overrides:
+        (section, name), want = parse_override(item)
+        have = config.get(section, {}).get(name)
+        if isinstance(want, list):
+            want, have = list(want), list(have) if isinstance(have, (list, tuple)) else have
+        if isinstance(want, float) or isinstance(have, float):
+            if have is None or abs(float(have) - float(want)) > 1e-12 * max(1.0, abs(float(want))):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
 def recipe_matches(out: Path, run: Run, scale: Scale) -> bool:
-    """Whether the run directory was made by this recipe (its ``grid.json`` holds the overrides;
-    a directory from before ``grid.json`` existed is taken as current and stamped)."""
+    """Whether the run directory was made by this recipe. Its ``grid.json`` holds the overrides it
+    was trained with; a directory from before ``grid.json`` existed is checked against its
+    resolved ``config.json`` and stamped when that agrees."""
     stamp, want = out / "grid.json", run.overrides(scale)
-    if not stamp.is_file():
-        if out.is_dir():
-            stamp.write_text(json.dumps(want, indent=1))
-        return True
-    return json.loads(stamp.read_text()) == want
+    if stamp.is_file():
+        return json.loads(stamp.read_text()) == want
+    config = out / "config.json"
+    if config.is_file() and not _config_holds(json.loads(config.read_text()), want):
+        return False
+    if out.is_dir():
+        stamp.write_text(json.dumps(want, indent=1))
+    return True
 
 
 def train_one(run: Run, scale: Scale, corpus: Path, runs: Path, threads: int) -> tuple[str, str, float]:

@@ -70,3 +70,7 @@ def test_a_run_made_by_another_recipe_is_not_reported_or_reused(tmp_path):
     saved.mkdir()
     (saved / f"{run.name}.json").write_text(json.dumps({"splits": {"test": {"cer": 50.0}}, "overrides": ["old"]}))
     assert load_run(tmp_path / "nowhere", scale, run, saved) is None
+    # a directory from before the stamps existed is judged by its resolved config
+    (out / "grid.json").unlink()
+    (out / "config.json").write_text(json.dumps({"sparsity": {"method": "bp", "start": 0.9}}))
+    assert not recipe_matches(out, run, scale) and not (out / "grid.json").exists()
