@@ -246,9 +246,15 @@ def group_norms(w: torch.Tensor, t: Target, pad: bool) -> torch.Tensor:
     return tiles(w, t.block, t.gates, name=t.name, pad=pad).square().sum(-1).add(1e-12).sqrt()
 
 
-def group_lasso_penalty(method: SparsityMethod, lambda_g: float) -> torch.Tensor:
-    """lambda_g * sum over all blocks of all targets of ||w_g||_2 (not squared, no sqrt(size) weight)."""
-    return lambda_g * sum(group_norms(method.masks.params[t.name], t, method.pad).sum() for t in method.targets)
+def group_lasso_penalty(method: SparsityMethod, lambda_g: float, targets: list[Target] | None = None) -> torch.Tensor:
+    """lambda_g * sum over all blocks of ``targets`` (all of the method's by default) of ||w_g||_2.
+
+    Not squared, no sqrt(size) weight.
+    """
+    targets = method.targets if targets is None else targets
+    if not targets:
+        return SparsityMethod.penalty(method)
+    return lambda_g * sum(group_norms(method.masks.params[t.name], t, method.pad).sum() for t in targets)
 
 
 class GroupLasso(SparsityMethod):
@@ -317,22 +323,44 @@ class GroupLasso(SparsityMethod):
         return {**super().state_dict(), "lambda_g": self.lambda_g}
 
 
+PENALTY_WINDOWS = ("schedule", "until_end")
+
+
 class GroupLassoPruning(BlockPruning):
-    """GLP (BSRNN §3.2): BP's schedule and masks, plus GL's penalty until pruning ends."""
+    """GLP (BSRNN §3.2): BP's schedule and masks, plus GL's penalty while pruning runs.
+
+    ``penalty_window`` says when the group-lasso term of a layer kind is on:
+
+    * ``"schedule"`` (default): for the loss of step ``s``, on the kind's matrices only while that
+      kind is being pruned, ``start_itr <= s < end_itr`` of its own schedule;
+    * ``"until_end"``: the earlier behaviour, kept for runs made with it: on for every pruned
+      matrix from step 0 until the last kind's schedule ends.
+    """
 
     name = "glp"
 
-    def __init__(self, model: nn.Module, block=(4, 4), schedule=None, lambda_g: float = 1e-5, **kwargs):
+    def __init__(self, model: nn.Module, block=(4, 4), schedule=None, lambda_g: float = 1e-5, *,
+                 penalty_window: str = "schedule", **kwargs):
         super().__init__(model, block, schedule, **kwargs)
         if lambda_g < 0 or not math.isfinite(lambda_g):
             raise ValueError(f"lambda_g must be a finite number >= 0, got {lambda_g}")
+        if penalty_window not in PENALTY_WINDOWS:
+            raise ValueError(f"penalty_window {penalty_window!r} is not one of {', '.join(PENALTY_WINDOWS)}")
         self.lambda_g = float(lambda_g)
+        self.penalty_window = penalty_window
+
+    def penalty_kinds(self, step: int | None = None) -> list[str]:
+        """The layer kinds whose penalty is on in the loss of ``step`` (by default the next step)."""
+        step = self.last_step + 1 if step is None else step
+        if self.penalty_window == "until_end":
+            return list(self.kinds) if any(step < s.end_itr for s in self.schedules.values()) else []
+        return [k for k in self.kinds if self.schedules[k].start_itr <= step < self.schedules[k].end_itr]
 
     def penalty_active(self) -> bool:
-        next_step = self.last_step + 1
-        return any(next_step < s.end_itr for s in self.schedules.values())
+        return bool(self.penalty_kinds())
 
     def penalty(self) -> torch.Tensor:
-        if not self.penalty_active() or self.lambda_g == 0:
+        kinds = self.penalty_kinds()
+        if not kinds or self.lambda_g == 0:
             return super().penalty()
-        return group_lasso_penalty(self, self.lambda_g)
+        return group_lasso_penalty(self, self.lambda_g, [t for t in self.targets if t.kind in kinds])

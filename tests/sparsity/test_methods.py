@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bsrnn.sparsity import (BlockPruning, GroupLasso, GroupLassoPruning, NarangSchedule, WeightPruning,
+from bsrnn.sparsity import (KINDS, BlockPruning, GroupLasso, GroupLassoPruning, NarangSchedule, WeightPruning,
                             build_method, select_targets)
+from bsrnn.sparsity.methods import group_norms
 
 SCHED = NarangSchedule(start_itr=10, ramp_itr=40, end_itr=80, start_slope=0.004, ramp_slope=0.006, freq=10)
 
@@ -142,14 +143,45 @@ def test_group_lasso_penalty_value_and_proximal_zeros():
     assert (model.weight == 0).all() and prox.finalize(0.0) == 1.0
 
 
-def test_glp_penalty_switches_off_when_pruning_ends():
+def glp_penalty_at(glp, step):
+    """The penalty GLP adds to the loss of ``step``, reached by running the method up to it."""
+    for s in range(glp.last_step + 1, step):
+        glp.step(s)
+    return glp.penalty().item()
+
+
+def lasso_of(glp, kinds):
+    params = dict(glp.model.named_parameters())
+    return glp.lambda_g * sum(group_norms(params[t.name], t, False).sum().item()
+                              for t in glp.targets if t.kind in kinds)
+
+
+def test_glp_penalty_follows_each_kinds_own_schedule():
+    torch.manual_seed(0)
+    rec = NarangSchedule(start_itr=10, ramp_itr=20, end_itr=40, start_slope=0.004, ramp_slope=0.006, freq=10)
+    fc = NarangSchedule(start_itr=30, ramp_itr=50, end_itr=80, start_slope=0.004, ramp_slope=0.006, freq=10)
+    glp = GroupLassoPruning(Net("GRU"), (4, 4), {"recurrent": rec, "non_recurrent": fc}, lambda_g=1e-3, q=0.01)
+    assert glp.penalty_window == "schedule"
+    expected = {0: (), 9: (), 10: ("recurrent",), 29: ("recurrent",), 30: ("recurrent", "non_recurrent"),
+                39: ("recurrent", "non_recurrent"), 40: ("non_recurrent",), 79: ("non_recurrent",), 80: (), 120: ()}
+    for step, kinds in expected.items():
+        got = glp_penalty_at(glp, step)
+        assert glp.penalty_kinds() == list(kinds), step
+        assert got == pytest.approx(lasso_of(glp, kinds), rel=1e-5), step
+        assert (got > 0) == bool(kinds), step
+
+
+def test_glp_until_end_window_keeps_the_earlier_behaviour():
     model = Net("GRU")
-    glp = GroupLassoPruning(model, (4, 4), SCHED, lambda_g=1e-3, target=0.5)
-    assert glp.penalty().item() > 0
-    glp.step(SCHED.end_itr - 2)
-    assert glp.penalty().item() > 0
-    glp.step(SCHED.end_itr - 1)
-    assert glp.penalty().item() == 0.0
+    glp = build_method(model, {"method": "glp", "lambda_g": 1e-3, "target": 0.5, "freq": 10, "start": 10,
+                               "ramp": 40, "end": 80, "penalty_window": "until_end"},
+                       steps_per_epoch=10, total_steps=100)
+    assert glp.penalty_window == "until_end"
+    for step in (0, 5, 79):  # on for every matrix from step 0, before pruning starts
+        assert glp_penalty_at(glp, step) == pytest.approx(lasso_of(glp, KINDS), rel=1e-5), step
+    assert glp_penalty_at(glp, 80) == 0.0
+    with pytest.raises(ValueError, match="penalty_window 'always' is not one of schedule, until_end"):
+        GroupLassoPruning(model, (4, 4), SCHED, penalty_window="always")
 
 
 def test_q_auto_uses_the_heuristic_slope():
