@@ -30,7 +30,7 @@ from torch import nn
 from .blocks import Block, block_reduce, expand, parse_block, tiles
 from .masks import MaskSet
 from .report import SparsityReport, build_report
-from .schedules import NarangSchedule, eq1_theta
+from .schedules import NarangSchedule, eq1_theta, weight_quantile
 from .targets import KINDS, Target, select_targets
 
 
@@ -134,7 +134,8 @@ class BlockPruning(SparsityMethod):
     ``schedule``: a ``NarangSchedule`` or ``{kind: NarangSchedule}``. ``target``: a final block
     sparsity (or ``{kind: sparsity}``) — target mode, which keeps the schedule's shape and
     re-solves theta at each update. ``q="auto"``: the heuristic theta with q = 90th-percentile
-    |w| of the kind's weights at the first update.
+    |w| of the kind's nonzero weights at the first update (``weight_quantile``: exact, or from a
+    uniform sample over all the kind's matrices when they exceed torch.quantile's input limit).
     """
 
     name = "bp"
@@ -171,8 +172,7 @@ class BlockPruning(SparsityMethod):
         elif self.q.get(kind) is not None and kind not in self._calibrated:
             q = self.q[kind]
             if q == "auto":
-                w = torch.cat([self.masks.params[t.name].detach().abs().flatten() for t in self.targets_of(kind)])
-                q = float(torch.quantile(w[w > 0].float()[:16_000_000], 0.9)) if bool((w > 0).any()) else 0.0
+                q = weight_quantile([self.masks.params[t.name] for t in self.targets_of(kind)], 0.9)
             theta = eq1_theta(float(q), sched.start_itr, sched.ramp_itr, sched.end_itr, sched.freq)
             self.schedules[kind] = sched.with_theta(theta * math.prod(self.block) ** 0.25)
             self._calibrated.add(kind)

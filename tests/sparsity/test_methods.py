@@ -8,7 +8,9 @@ from torch import nn
 
 from bsrnn.sparsity import (KINDS, BlockPruning, GroupLasso, GroupLassoPruning, NarangSchedule, WeightPruning,
                             build_method, select_targets)
+from bsrnn.sparsity import schedules
 from bsrnn.sparsity.methods import group_norms
+from bsrnn.sparsity.schedules import weight_quantile
 
 SCHED = NarangSchedule(start_itr=10, ramp_itr=40, end_itr=80, start_slope=0.004, ramp_slope=0.006, freq=10)
 
@@ -193,6 +195,37 @@ def test_q_auto_uses_the_heuristic_slope():
     theta = 2 * q * 10 / (2 * 30 + 3 * 40) * 16 ** 0.25
     assert bp.schedules["non_recurrent"].start_slope == pytest.approx(theta, rel=1e-5)
     assert bp.thresholds["non_recurrent"] == pytest.approx(theta * 11 / 10, rel=1e-5)
+
+
+def test_q_auto_samples_every_matrix_when_the_weights_exceed_the_quantile_limit(monkeypatch):
+    # Three 64×64 matrices: the first (nearest the input) tiny, the later two large. The old code
+    # measured q on the first QUANTILE_LIMIT weights in parameter order, i.e. on the tiny matrix.
+    monkeypatch.setattr(schedules, "QUANTILE_LIMIT", 4096)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(64, 64, bias=False) for _ in range(3)))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.rand(64, 64, generator=g) * 1e-3 + 1e-4)
+        for lin in model[1:]:
+            lin.weight.copy_(torch.rand(64, 64, generator=g) + 0.5)
+    everything = torch.cat([lin.weight.detach().flatten() for lin in model])
+    exact = everything.quantile(0.9).item()  # ≈ 1.35, inside the large matrices
+    first = everything[:4096].quantile(0.9).item()  # ≈ 1e-3, what the old code measured
+    sampled = weight_quantile([lin.weight for lin in model])
+    assert sampled != exact and sampled == pytest.approx(exact, rel=0.02) and sampled > 100 * first
+    assert weight_quantile([lin.weight for lin in model]) == sampled  # a seeded draw: resume is exact
+    bp = BlockPruning(copy.deepcopy(model), (4, 4), SCHED, q="auto")
+    bp.step(20)
+    theta = 2 * sampled * 10 / (2 * 30 + 3 * 40) * 16 ** 0.25
+    assert bp.schedules["non_recurrent"].start_slope == pytest.approx(theta, rel=1e-6)
+    monkeypatch.setattr(schedules, "QUANTILE_LIMIT", 3 * 4096)  # all of it fits: the exact quantile
+    assert weight_quantile([lin.weight for lin in model]) == pytest.approx(exact, rel=1e-6)
+    with torch.no_grad():
+        model[2].weight[:32] = 0.0  # zeros are not weights: they neither count nor get drawn
+    now = torch.cat([lin.weight.detach().flatten() for lin in model])
+    assert weight_quantile([lin.weight for lin in model]) == pytest.approx(now[now != 0].quantile(0.9).item(), rel=1e-6)
+    monkeypatch.setattr(schedules, "QUANTILE_LIMIT", 4096)
+    assert weight_quantile([lin.weight for lin in model]) == pytest.approx(now[now != 0].quantile(0.9).item(), rel=0.02)
+    assert weight_quantile([torch.zeros(4, 4)]) == 0.0
 
 
 def test_dry_run_predicts_the_final_sparsity_of_static_weights():
