@@ -199,9 +199,6 @@ class BlockPruning(SparsityMethod):
         self.masks.apply_(self.optimizer)
         return updated
 
-    def frozen(self) -> bool:
-        return all(self.schedules[k].frozen(self.last_step) for k in self.kinds)
-
     def dry_run(self) -> dict[str, float]:
         """Predicted final block sparsity of each target if the weights stayed as they are now."""
         out = {}
