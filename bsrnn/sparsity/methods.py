@@ -10,7 +10,8 @@ Every method is a small object used the same way in a training loop::
   with a rising threshold (``NarangSchedule``); blocks at or below it are zeroed for good.
 * ``WeightPruning`` (WP): BP with 1×1 blocks and ESRNN's heuristics.
 * ``GroupLasso`` (GL): adds lambda_g * sum_g ||w_g||_2 over the same blocks; no pruning. An
-  optional proximal step makes exact zeros; ``finalize(threshold)`` zeros the blocks left small.
+  optional proximal step makes exact zeros; ``prune_below(threshold)`` zeros the blocks left
+  small (``finish()``, called when training ends, does so with ``final_threshold``).
 * ``GroupLassoPruning`` (GLP): BP's schedule and masks plus GL's penalty while pruning runs.
 
 Thresholds come from one of three sources per layer kind (recurrent / non_recurrent):
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from .blocks import Block, block_reduce, expand, parse_block, tiles
+from .history import LayerSparsity, MaskSwap, MaskUpdate
 from .masks import MaskSet
 from .report import SparsityReport, build_report
 from .schedules import NarangSchedule, eq1_theta, weight_quantile
@@ -50,6 +52,7 @@ class SparsityMethod:
     """Shared plumbing: targets, masks, optimizer hygiene, state and report."""
 
     name = "none"
+    record = MaskUpdate  # the type of this method's `history` entries
 
     def __init__(self, model: nn.Module, block: Block | int | str = (4, 4), *, how: str = "max",
                  include=(), exclude=(), pad: bool = False, optimizer: torch.optim.Optimizer | None = None,
@@ -64,8 +67,8 @@ class SparsityMethod:
             model, self.block, include=include, exclude=exclude, pad=pad)
         self.masks = MaskSet(model, self.targets)
         self.thresholds: dict[str, float] = {k: 0.0 for k in self.kinds}
-        self.history: list[list[float]] = []  # rows of [step, kind index, threshold, block sparsity]
-        self.layer_history: dict[str, list[list[float]]] = {}  # name -> rows of [step, block sparsity]
+        self.history: list[MaskUpdate | MaskSwap] = []  # one `record` per mask update
+        self.layer_history: dict[str, list[LayerSparsity]] = {}  # name -> its block sparsity after each update
         self.last_step = -1
 
     @property
@@ -88,7 +91,11 @@ class SparsityMethod:
         return False
 
     def finish(self) -> None:
-        """Called once when training ends, before the final evaluation (GL's final threshold)."""
+        """The end-of-training hook: training loops call it once, before the final evaluation.
+
+        Nothing to do for most methods; ``GroupLasso`` applies its ``final_threshold`` here (with
+        ``prune_below``, which can also be called by hand with any threshold).
+        """
 
     def sparsity(self) -> float:
         """Fraction of pruned blocks over all targets."""
@@ -99,25 +106,27 @@ class SparsityMethod:
         """Log the threshold and sparsities of one update (BSRNN Figure 3 plots these over training)."""
         names = [t.name for t in self.targets_of(kind)]
         pruned, total = self.masks.pruned_blocks(names)
-        self.history.append([float(step), float(KINDS.index(kind)), self.thresholds[kind], pruned / max(total, 1)])
+        self.history.append(MaskUpdate(step, kind, self.thresholds[kind], pruned / max(total, 1)))
         for n in names:
-            self.layer_history.setdefault(n, []).append([float(step), self.masks.block_sparsity(n)])
+            self.layer_history.setdefault(n, []).append(LayerSparsity(step, self.masks.block_sparsity(n)))
 
     def report(self) -> SparsityReport:
         return build_report(self.model, self.targets, self.thresholds, method=self.name, how=self.how, pad=self.pad)
 
     def state_dict(self) -> dict:
         return {"method": self.name, "masks": self.masks.state_dict(), "thresholds": dict(self.thresholds),
-                "history": [list(r) for r in self.history], "last_step": self.last_step,
-                "layer_history": {n: [list(r) for r in rows] for n, rows in self.layer_history.items()}}
+                "history": [r.to_dict() for r in self.history], "last_step": self.last_step,
+                "layer_history": {n: [r.to_dict() for r in rows] for n, rows in self.layer_history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.name:
             raise ValueError(f"sparsity state is for method {state.get('method')!r}, not {self.name!r}")
         self.masks.load_state_dict(state["masks"])
         self.thresholds = dict(state["thresholds"])
-        self.history = [list(r) for r in state["history"]]
-        self.layer_history = {n: [list(r) for r in rows] for n, rows in state.get("layer_history", {}).items()}
+        # Older checkpoints hold positional rows; `from_state` reads both forms.
+        self.history = [self.record.from_state(r) for r in state["history"]]
+        self.layer_history = {n: [LayerSparsity.from_state(r) for r in rows]
+                              for n, rows in state.get("layer_history", {}).items()}
         self.last_step = int(state["last_step"])
         self.masks.apply_(self.optimizer)
 
@@ -259,8 +268,9 @@ class GroupLasso(SparsityMethod):
 
     ``proximal=True`` replaces the penalty by its proximal step after each optimizer step,
     ``w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)``, which makes exact zeros. Plain SGD on
-    the penalty rarely does, so ``finalize(threshold)`` zeros the blocks whose score is at or
-    below ``threshold`` (the final block threshold PAPER.md §3 calls for).
+    the penalty rarely does, so ``prune_below(threshold)`` zeros the blocks whose score is at or
+    below ``threshold`` (the final block threshold PAPER.md §3 calls for); ``finish()`` applies
+    ``final_threshold`` that way when training ends.
     """
 
     name = "gl"
@@ -275,7 +285,7 @@ class GroupLasso(SparsityMethod):
 
     def finish(self) -> None:
         if self.final_threshold is not None:
-            self.finalize(self.final_threshold)
+            self.prune_below(self.final_threshold)
 
     def penalty_active(self) -> bool:
         return True
@@ -308,13 +318,17 @@ class GroupLasso(SparsityMethod):
             self.proximal_step_()
         return super().step(step)
 
-    def finalize(self, threshold: float) -> float:
-        """Zero (and mask) every block whose score is <= ``threshold``; returns the block sparsity."""
+    def prune_below(self, threshold: float) -> float:
+        """Zero (and mask) every block whose score is <= ``threshold`` now; returns the block sparsity."""
         self.thresholds = {k: float(threshold) for k in self.kinds}
         for t in self.targets:
             self.masks.prune_(t.name, self.scores(t) > threshold)
         self.masks.apply_(self.optimizer)
         return self.sparsity()
+
+    def finalize(self, threshold: float) -> float:
+        """The former name of ``prune_below``, kept as an alias."""
+        return self.prune_below(threshold)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "lambda_g": self.lambda_g}
