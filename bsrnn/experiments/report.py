@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..sparsity import LayerSparsity  # noqa: E402
 from ..train.checkpoint import load_checkpoint  # noqa: E402
 from .grid import Run, Scale, tables  # noqa: E402
 
@@ -176,8 +177,8 @@ def figures(t: dict, results: dict, scale: Scale, out: Path) -> list[str]:
         names = [n for n in bp["layer_history"] if "weight_hh" in n] or list(bp["layer_history"])
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for n in (names[0], names[-1]):
-            rows = bp["layer_history"][n]
-            ax.plot([r[0] for r in rows], [100 * r[1] for r in rows], label=n)
+            rows = [LayerSparsity.from_state(r) for r in bp["layer_history"][n]]  # dicts, or older [step, sparsity]
+            ax.plot([r.step for r in rows], [100 * r.sparsity for r in rows], label=n)
         ax.set(xlabel="iteration", ylabel="block sparsity (%)", title="Pruning schedule (BSRNN Fig. 3)")
         ax.legend(fontsize=7)
         made.append(_save(fig, out / "fig_schedule.png"))

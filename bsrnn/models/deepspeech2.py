@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from bsrnn.sparsity.report import count_parameters  # noqa: F401  (one counter for every model, re-exported)
+
 from .recurrent import length_mask, padded_recurrent, reverse_within_lengths
 
 CLIP = 20.0  # clipped ReLU ceiling, min(max(x, 0), 20) (Deep Speech 2)
@@ -245,10 +247,3 @@ def build_model(preset: str | None = "gru128", **overrides) -> DeepSpeech2:
         if key not in fields:
             raise ValueError(f"model field {key!r} is unknown; fields are {', '.join(fields)}")
     return DeepSpeech2(replace(spec, **{k: v for k, v in overrides.items() if v is not None}))
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters) — the paper's "# Params" counts the nonzero ones."""
-    total = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return total, nonzero

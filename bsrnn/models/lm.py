@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bsrnn.sparsity.report import count_parameters
+
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -76,7 +78,5 @@ class RecurrentLM(nn.Module):
         return self.decoder(self.drop(out)), state  # (T, N, V)
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(total, nonzero) parameters; tied weights count once."""
-    params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params), sum(int(torch.count_nonzero(p)) for p in params)
+# (total, nonzero) parameters, tied weights once: the package's one counter under the LM's older name.
+count_params = count_parameters

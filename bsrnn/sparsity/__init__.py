@@ -15,16 +15,19 @@ print(method.report().table())
 from .blocks import REDUCTIONS, block_grid, block_reduce, expand, parse_block, tiles
 from .config import METHODS, SparsityConfig, build_method
 from .dynamic import DynamicSparsity, StaticSparsity, layer_densities
+from .history import LayerSparsity, MaskSwap, MaskUpdate
 from .masks import MaskSet
 from .methods import (BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod,
                       WeightPruning)
-from .report import SparsityReport, build_report
-from .schedules import NarangSchedule, eq1_theta
+from .report import SparsityReport, build_report, count_parameters
+from .schedules import NarangSchedule, eq1_theta, weight_quantile
 from .targets import KINDS, Target, select_targets
 
 __all__ = [
     "REDUCTIONS", "block_grid", "block_reduce", "expand", "parse_block", "tiles",
     "METHODS", "SparsityConfig", "build_method", "MaskSet", "DynamicSparsity", "StaticSparsity", "layer_densities",
+    "LayerSparsity", "MaskSwap", "MaskUpdate",
     "BlockPruning", "GroupLasso", "GroupLassoPruning", "NoSparsity", "SparsityMethod", "WeightPruning",
-    "SparsityReport", "build_report", "NarangSchedule", "eq1_theta", "KINDS", "Target", "select_targets",
+    "SparsityReport", "build_report", "count_parameters", "NarangSchedule", "eq1_theta", "weight_quantile",
+    "KINDS", "Target", "select_targets",
 ]

@@ -4,7 +4,9 @@ Start, ramp and end of pruning are given as fractions of training (``0.2``), as 
 (``1500``), or left out for the paper's heuristics (start after one epoch; ramp/end at 20 %/40 %
 of training for blocks, 25 %/50 % for single weights, PAPER.md §2.3). Theta comes from
 ``target`` (target mode), or from ``q`` (a number, or ``"auto"``: the 90th-percentile |w| of the
-weights at the first update, for users without a trained dense model).
+weights at the first update, for users without a trained dense model). GLP's group-lasso term is
+on while each layer kind is pruned (``penalty_window = "schedule"``); ``"until_end"`` restores the
+earlier window, from step 0 until the last kind's pruning ends.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 
 from .blocks import parse_block
 from .dynamic import DynamicSparsity, StaticSparsity
-from .methods import BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod, WeightPruning
+from .methods import PENALTY_WINDOWS, BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod, WeightPruning
 from .schedules import HEURISTIC_FRACTIONS, NarangSchedule
 
 METHODS = ("none", "wp", "bp", "gl", "glp", "static", "rigl", "set")
@@ -41,6 +43,7 @@ class SparsityConfig:
     target_recurrent: float | None = None  # target for recurrent-layer matrices only
     target_non_recurrent: float | None = None  # target for fully connected matrices only
     lambda_g: float = 0.0  # group-lasso weight (gl: large, glp: small)
+    penalty_window: str = "schedule"  # glp: penalty while each kind is pruned (start..end) | until_end (from step 0)
     proximal: bool = False  # gl: proximal step instead of the penalty gradient (exact zeros)
     final_threshold: float | None = None  # gl: zero blocks with score <= this at the end of training
     init: str = "random"  # static/rigl/set: initial block mask, random | magnitude
@@ -60,6 +63,8 @@ class SparsityConfig:
             raise ValueError(f"sparsity.freq must be >= 1, got {self.freq}")
         if self.lambda_g < 0:
             raise ValueError(f"sparsity.lambda_g must be >= 0, got {self.lambda_g}")
+        if self.penalty_window not in PENALTY_WINDOWS:
+            raise ValueError(f"sparsity.penalty_window {self.penalty_window!r} is not one of {', '.join(PENALTY_WINDOWS)}")
         if isinstance(self.q, str) and self.q != "auto":
             raise ValueError(f"sparsity.q must be a number or 'auto', got {self.q!r}")
 
@@ -122,4 +127,4 @@ def build_method(model: nn.Module, cfg: SparsityConfig | dict | None, *, steps_p
         return WeightPruning(model, schedule, **kw)
     if cfg.method == "bp":
         return BlockPruning(model, cfg.block, schedule, **kw)
-    return GroupLassoPruning(model, cfg.block, schedule, lambda_g=cfg.lambda_g, **kw)
+    return GroupLassoPruning(model, cfg.block, schedule, lambda_g=cfg.lambda_g, penalty_window=cfg.penalty_window, **kw)

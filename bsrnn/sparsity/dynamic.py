@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .blocks import block_reduce
+from .history import MaskSwap
 from .methods import SparsityMethod
 
 DISTRIBUTIONS = ("uniform", "erk")
@@ -96,6 +97,7 @@ class DynamicSparsity(StaticSparsity):
     """Drop-and-regrow at block granularity (RigL by gradient, SET at random)."""
 
     name = "dynamic"
+    record = MaskSwap
 
     def __init__(self, model: nn.Module, block=(4, 4), sparsity: float = 0.9, *, regrow: str = "gradient",
                  freq: int = 100, end: int = 10_000, alpha: float = 0.3, **kwargs):
@@ -151,5 +153,5 @@ class DynamicSparsity(StaticSparsity):
             self.masks.set_(t.name, new.reshape(t.grid))
         self._grad_scores.clear()
         self.masks.apply_(self.optimizer)
-        self.history.append([float(step), 0.0, frac, self.sparsity()])
+        self.history.append(MaskSwap(step, frac, self.sparsity()))
         return True

@@ -17,15 +17,29 @@ import torch
 from torch import nn
 
 from .blocks import expand
-from .targets import Target
+from .targets import Target, parameter_aliases
 
 
 class MaskSet:
     """Block masks for a list of targets, bound to a model (and optionally its optimizer)."""
 
     def __init__(self, model: nn.Module, targets: list[Target]):
-        self.targets = {t.name: t for t in targets}
         params = dict(model.named_parameters())
+        aliases = parameter_aliases(model)
+        self.targets: dict[str, Target] = {}
+        for t in targets:
+            if t.name not in params:
+                if t.name in aliases:
+                    raise ValueError(f"{t.name} is the same tensor as {aliases[t.name]} (tied weights); "
+                                     f"name the target {aliases[t.name]}, as model.named_parameters() does")
+                raise ValueError(f"target {t.name} is not a parameter of the model; parameters are e.g. "
+                                 f"{', '.join(list(params)[:6])}")
+            if tuple(params[t.name].shape) != tuple(t.shape):
+                raise ValueError(f"target {t.name} has shape {tuple(t.shape)} but the parameter has shape "
+                                 f"{tuple(params[t.name].shape)}")
+            if t.name in self.targets:
+                raise ValueError(f"parameter {t.name} is listed twice among the targets; a tensor is pruned once")
+            self.targets[t.name] = t
         self.params = {t.name: params[t.name] for t in targets}
         self.block_masks = {t.name: torch.ones(t.grid, dtype=torch.bool, device=self.params[t.name].device)
                             for t in targets}

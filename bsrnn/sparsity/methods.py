@@ -10,7 +10,8 @@ Every method is a small object used the same way in a training loop::
   with a rising threshold (``NarangSchedule``); blocks at or below it are zeroed for good.
 * ``WeightPruning`` (WP): BP with 1×1 blocks and ESRNN's heuristics.
 * ``GroupLasso`` (GL): adds lambda_g * sum_g ||w_g||_2 over the same blocks; no pruning. An
-  optional proximal step makes exact zeros; ``finalize(threshold)`` zeros the blocks left small.
+  optional proximal step makes exact zeros; ``prune_below(threshold)`` zeros the blocks left
+  small (``finish()``, called when training ends, does so with ``final_threshold``).
 * ``GroupLassoPruning`` (GLP): BP's schedule and masks plus GL's penalty while pruning runs.
 
 Thresholds come from one of three sources per layer kind (recurrent / non_recurrent):
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 
 from .blocks import Block, block_reduce, expand, parse_block, tiles
+from .history import LayerSparsity, MaskSwap, MaskUpdate
 from .masks import MaskSet
 from .report import SparsityReport, build_report
-from .schedules import NarangSchedule, eq1_theta
+from .schedules import NarangSchedule, eq1_theta, weight_quantile
 from .targets import KINDS, Target, select_targets
 
 
@@ -50,6 +52,7 @@ class SparsityMethod:
     """Shared plumbing: targets, masks, optimizer hygiene, state and report."""
 
     name = "none"
+    record = MaskUpdate  # the type of this method's `history` entries
 
     def __init__(self, model: nn.Module, block: Block | int | str = (4, 4), *, how: str = "max",
                  include=(), exclude=(), pad: bool = False, optimizer: torch.optim.Optimizer | None = None,
@@ -64,8 +67,8 @@ class SparsityMethod:
             model, self.block, include=include, exclude=exclude, pad=pad)
         self.masks = MaskSet(model, self.targets)
         self.thresholds: dict[str, float] = {k: 0.0 for k in self.kinds}
-        self.history: list[list[float]] = []  # rows of [step, kind index, threshold, block sparsity]
-        self.layer_history: dict[str, list[list[float]]] = {}  # name -> rows of [step, block sparsity]
+        self.history: list[MaskUpdate | MaskSwap] = []  # one `record` per mask update
+        self.layer_history: dict[str, list[LayerSparsity]] = {}  # name -> its block sparsity after each update
         self.last_step = -1
 
     @property
@@ -88,7 +91,11 @@ class SparsityMethod:
         return False
 
     def finish(self) -> None:
-        """Called once when training ends, before the final evaluation (GL's final threshold)."""
+        """The end-of-training hook: training loops call it once, before the final evaluation.
+
+        Nothing to do for most methods; ``GroupLasso`` applies its ``final_threshold`` here (with
+        ``prune_below``, which can also be called by hand with any threshold).
+        """
 
     def sparsity(self) -> float:
         """Fraction of pruned blocks over all targets."""
@@ -99,25 +106,27 @@ class SparsityMethod:
         """Log the threshold and sparsities of one update (BSRNN Figure 3 plots these over training)."""
         names = [t.name for t in self.targets_of(kind)]
         pruned, total = self.masks.pruned_blocks(names)
-        self.history.append([float(step), float(KINDS.index(kind)), self.thresholds[kind], pruned / max(total, 1)])
+        self.history.append(MaskUpdate(step, kind, self.thresholds[kind], pruned / max(total, 1)))
         for n in names:
-            self.layer_history.setdefault(n, []).append([float(step), self.masks.block_sparsity(n)])
+            self.layer_history.setdefault(n, []).append(LayerSparsity(step, self.masks.block_sparsity(n)))
 
     def report(self) -> SparsityReport:
         return build_report(self.model, self.targets, self.thresholds, method=self.name, how=self.how, pad=self.pad)
 
     def state_dict(self) -> dict:
         return {"method": self.name, "masks": self.masks.state_dict(), "thresholds": dict(self.thresholds),
-                "history": [list(r) for r in self.history], "last_step": self.last_step,
-                "layer_history": {n: [list(r) for r in rows] for n, rows in self.layer_history.items()}}
+                "history": [r.to_dict() for r in self.history], "last_step": self.last_step,
+                "layer_history": {n: [r.to_dict() for r in rows] for n, rows in self.layer_history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.name:
             raise ValueError(f"sparsity state is for method {state.get('method')!r}, not {self.name!r}")
         self.masks.load_state_dict(state["masks"])
         self.thresholds = dict(state["thresholds"])
-        self.history = [list(r) for r in state["history"]]
-        self.layer_history = {n: [list(r) for r in rows] for n, rows in state.get("layer_history", {}).items()}
+        # Older checkpoints hold positional rows; `from_state` reads both forms.
+        self.history = [self.record.from_state(r) for r in state["history"]]
+        self.layer_history = {n: [LayerSparsity.from_state(r) for r in rows]
+                              for n, rows in state.get("layer_history", {}).items()}
         self.last_step = int(state["last_step"])
         self.masks.apply_(self.optimizer)
 
@@ -134,7 +143,8 @@ class BlockPruning(SparsityMethod):
     ``schedule``: a ``NarangSchedule`` or ``{kind: NarangSchedule}``. ``target``: a final block
     sparsity (or ``{kind: sparsity}``) — target mode, which keeps the schedule's shape and
     re-solves theta at each update. ``q="auto"``: the heuristic theta with q = 90th-percentile
-    |w| of the kind's weights at the first update.
+    |w| of the kind's nonzero weights at the first update (``weight_quantile``: exact, or from a
+    uniform sample over all the kind's matrices when they exceed torch.quantile's input limit).
     """
 
     name = "bp"
@@ -171,8 +181,7 @@ class BlockPruning(SparsityMethod):
         elif self.q.get(kind) is not None and kind not in self._calibrated:
             q = self.q[kind]
             if q == "auto":
-                w = torch.cat([self.masks.params[t.name].detach().abs().flatten() for t in self.targets_of(kind)])
-                q = float(torch.quantile(w[w > 0].float()[:16_000_000], 0.9)) if bool((w > 0).any()) else 0.0
+                q = weight_quantile([self.masks.params[t.name] for t in self.targets_of(kind)], 0.9)
             theta = eq1_theta(float(q), sched.start_itr, sched.ramp_itr, sched.end_itr, sched.freq)
             self.schedules[kind] = sched.with_theta(theta * math.prod(self.block) ** 0.25)
             self._calibrated.add(kind)
@@ -198,9 +207,6 @@ class BlockPruning(SparsityMethod):
             updated = True
         self.masks.apply_(self.optimizer)
         return updated
-
-    def frozen(self) -> bool:
-        return all(self.schedules[k].frozen(self.last_step) for k in self.kinds)
 
     def dry_run(self) -> dict[str, float]:
         """Predicted final block sparsity of each target if the weights stayed as they are now."""
@@ -246,9 +252,15 @@ def group_norms(w: torch.Tensor, t: Target, pad: bool) -> torch.Tensor:
     return tiles(w, t.block, t.gates, name=t.name, pad=pad).square().sum(-1).add(1e-12).sqrt()
 
 
-def group_lasso_penalty(method: SparsityMethod, lambda_g: float) -> torch.Tensor:
-    """lambda_g * sum over all blocks of all targets of ||w_g||_2 (not squared, no sqrt(size) weight)."""
-    return lambda_g * sum(group_norms(method.masks.params[t.name], t, method.pad).sum() for t in method.targets)
+def group_lasso_penalty(method: SparsityMethod, lambda_g: float, targets: list[Target] | None = None) -> torch.Tensor:
+    """lambda_g * sum over all blocks of ``targets`` (all of the method's by default) of ||w_g||_2.
+
+    Not squared, no sqrt(size) weight.
+    """
+    targets = method.targets if targets is None else targets
+    if not targets:
+        return SparsityMethod.penalty(method)
+    return lambda_g * sum(group_norms(method.masks.params[t.name], t, method.pad).sum() for t in targets)
 
 
 class GroupLasso(SparsityMethod):
@@ -256,8 +268,9 @@ class GroupLasso(SparsityMethod):
 
     ``proximal=True`` replaces the penalty by its proximal step after each optimizer step,
     ``w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)``, which makes exact zeros. Plain SGD on
-    the penalty rarely does, so ``finalize(threshold)`` zeros the blocks whose score is at or
-    below ``threshold`` (the final block threshold PAPER.md §3 calls for).
+    the penalty rarely does, so ``prune_below(threshold)`` zeros the blocks whose score is at or
+    below ``threshold`` (the final block threshold PAPER.md §3 calls for); ``finish()`` applies
+    ``final_threshold`` that way when training ends.
     """
 
     name = "gl"
@@ -272,7 +285,7 @@ class GroupLasso(SparsityMethod):
 
     def finish(self) -> None:
         if self.final_threshold is not None:
-            self.finalize(self.final_threshold)
+            self.prune_below(self.final_threshold)
 
     def penalty_active(self) -> bool:
         return True
@@ -305,34 +318,60 @@ class GroupLasso(SparsityMethod):
             self.proximal_step_()
         return super().step(step)
 
-    def finalize(self, threshold: float) -> float:
-        """Zero (and mask) every block whose score is <= ``threshold``; returns the block sparsity."""
+    def prune_below(self, threshold: float) -> float:
+        """Zero (and mask) every block whose score is <= ``threshold`` now; returns the block sparsity."""
         self.thresholds = {k: float(threshold) for k in self.kinds}
         for t in self.targets:
             self.masks.prune_(t.name, self.scores(t) > threshold)
         self.masks.apply_(self.optimizer)
         return self.sparsity()
 
+    def finalize(self, threshold: float) -> float:
+        """The former name of ``prune_below``, kept as an alias."""
+        return self.prune_below(threshold)
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "lambda_g": self.lambda_g}
 
 
+PENALTY_WINDOWS = ("schedule", "until_end")
+
+
 class GroupLassoPruning(BlockPruning):
-    """GLP (BSRNN §3.2): BP's schedule and masks, plus GL's penalty until pruning ends."""
+    """GLP (BSRNN §3.2): BP's schedule and masks, plus GL's penalty while pruning runs.
+
+    ``penalty_window`` says when the group-lasso term of a layer kind is on:
+
+    * ``"schedule"`` (default): for the loss of step ``s``, on the kind's matrices only while that
+      kind is being pruned, ``start_itr <= s < end_itr`` of its own schedule;
+    * ``"until_end"``: the earlier behaviour, kept for runs made with it: on for every pruned
+      matrix from step 0 until the last kind's schedule ends.
+    """
 
     name = "glp"
 
-    def __init__(self, model: nn.Module, block=(4, 4), schedule=None, lambda_g: float = 1e-5, **kwargs):
+    def __init__(self, model: nn.Module, block=(4, 4), schedule=None, lambda_g: float = 1e-5, *,
+                 penalty_window: str = "schedule", **kwargs):
         super().__init__(model, block, schedule, **kwargs)
         if lambda_g < 0 or not math.isfinite(lambda_g):
             raise ValueError(f"lambda_g must be a finite number >= 0, got {lambda_g}")
+        if penalty_window not in PENALTY_WINDOWS:
+            raise ValueError(f"penalty_window {penalty_window!r} is not one of {', '.join(PENALTY_WINDOWS)}")
         self.lambda_g = float(lambda_g)
+        self.penalty_window = penalty_window
+
+    def penalty_kinds(self, step: int | None = None) -> list[str]:
+        """The layer kinds whose penalty is on in the loss of ``step`` (by default the next step)."""
+        step = self.last_step + 1 if step is None else step
+        if self.penalty_window == "until_end":
+            return list(self.kinds) if any(step < s.end_itr for s in self.schedules.values()) else []
+        return [k for k in self.kinds if self.schedules[k].start_itr <= step < self.schedules[k].end_itr]
 
     def penalty_active(self) -> bool:
-        next_step = self.last_step + 1
-        return any(next_step < s.end_itr for s in self.schedules.values())
+        return bool(self.penalty_kinds())
 
     def penalty(self) -> torch.Tensor:
-        if not self.penalty_active() or self.lambda_g == 0:
+        kinds = self.penalty_kinds()
+        if not kinds or self.lambda_g == 0:
             return super().penalty()
-        return group_lasso_penalty(self, self.lambda_g)
+        return group_lasso_penalty(self, self.lambda_g, [t for t in self.targets if t.kind in kinds])

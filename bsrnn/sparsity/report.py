@@ -20,6 +20,16 @@ from .targets import Target
 GATE_NAMES = {3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}
 
 
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters) of ``model``; a tied weight counts once.
+
+    The paper's "# Params" column counts the nonzero ones. One function for every model of the
+    package (``bsrnn.models.count_parameters``; ``bsrnn.models.lm.count_params`` is an alias).
+    """
+    params = list(model.parameters())  # de-duplicated: a tensor shared by two modules is listed once
+    return sum(p.numel() for p in params), sum(int(torch.count_nonzero(p)) for p in params)
+
+
 @dataclass
 class LayerRow:
     name: str
@@ -116,8 +126,7 @@ def build_report(model: nn.Module, targets: list[Target], thresholds: dict[str, 
         out_conn.extend((w != 0).sum(0).tolist())
         pruned_params += w.numel()
         pruned_nonzero += kept
-    model_params = sum(p.numel() for p in params.values())
-    model_nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
+    model_params, model_nonzero = count_parameters(model)
     block = targets[0].block if targets else (1, 1)
     return SparsityReport(method, block, how, rows, model_params, model_nonzero, pruned_params,
                           pruned_nonzero, out_conn)

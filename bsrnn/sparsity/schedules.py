@@ -21,11 +21,46 @@ The heuristics (PAPER.md §2.3–2.4):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Iterable
+
+import torch
 
 from .blocks import Block, parse_block
 
 # Fractions of training where the slope changes and where pruning ends (PAPER.md §2.3).
 HEURISTIC_FRACTIONS = {"weight": (0.25, 0.50), "block": (0.20, 0.40)}
+
+# torch.quantile takes at most 2**24 values: above this many nonzero weights, q is measured on a
+# uniform sample of this size (read at call time, so a test can lower it).
+QUANTILE_LIMIT = 16_000_000
+
+
+def weight_quantile(weights: Iterable[torch.Tensor], q: float = 0.9, *, seed: int = 0) -> float:
+    """The ``q``-quantile of |w| over the nonzero entries of all ``weights`` (0.0 if there are none).
+
+    Exact when they number at most ``QUANTILE_LIMIT``. Above it, the quantile of ``QUANTILE_LIMIT``
+    entries drawn uniformly, with replacement, from all of them: every matrix contributes in
+    proportion to its nonzero count, not the first ones in parameter order. The draw comes from a
+    generator seeded with ``seed``, so the same weights always give the same q.
+    """
+    weights = [w.detach() for w in weights]
+    counts = [int(torch.count_nonzero(w)) for w in weights]
+    total, limit = sum(counts), int(QUANTILE_LIMIT)
+    if total == 0:
+        return 0.0
+    if total <= limit:
+        values = torch.cat([w[w != 0].abs().float() for w in weights])
+    else:
+        picks = torch.randint(total, (limit,), generator=torch.Generator().manual_seed(seed)).sort().values
+        bounds = torch.tensor([0] + counts).cumsum(0)
+        edges = torch.searchsorted(picks, bounds).tolist()  # picks[edges[i]:edges[i+1]] fall in matrix i
+        parts = []
+        for i, w in enumerate(weights):
+            if edges[i + 1] > edges[i]:
+                local = (picks[edges[i]:edges[i + 1]] - bounds[i]).to(w.device)
+                parts.append(w[w != 0].abs().float()[local])
+        values = torch.cat(parts)
+    return float(torch.quantile(values, q))
 
 
 def eq1_theta(q: float, start_itr: int, ramp_itr: int, end_itr: int, freq: int) -> float:

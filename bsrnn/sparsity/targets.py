@@ -18,7 +18,6 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Iterable
 
-import torch
 from torch import nn
 
 from .blocks import Block, block_grid, parse_block
@@ -68,6 +67,16 @@ def _default_rule(module: nn.Module, pname: str, p: nn.Parameter) -> bool:
     return pname in getattr(module, "bsrnn_prunable", ())
 
 
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """Every name a parameter is reachable under -> the name ``model.named_parameters()`` gives it.
+
+    A tied weight (an LM's decoder sharing the embedding's matrix) is one tensor with two names;
+    ``named_parameters()`` lists it once, under the first. Untied parameters map to themselves.
+    """
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    return {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
+
+
 def select_targets(model: nn.Module, block: Block | int | str = (4, 4), *,
                    include: Iterable[str] = (), exclude: Iterable[str] = (),
                    pad: bool = False) -> list[Target]:
@@ -77,32 +86,44 @@ def select_targets(model: nn.Module, block: Block | int | str = (4, 4), *,
     replace the default rule (any parameter of ≥ 2 dimensions may then be named). ``exclude``:
     patterns removed afterwards. A pattern that matches no parameter is a ``ValueError`` (a typo
     would otherwise silently prune nothing), and so is a block that does not tile a target.
+
+    A tied weight is one tensor and one target, named as ``named_parameters()`` names it: it is
+    chosen when any of its names is (by the rule or by ``include``) and left out when any of its
+    names matches ``exclude`` (so ``exclude=["decoder.*"]`` keeps an LM's tied embedding dense).
     """
     block = parse_block(block)
     include, exclude = list(include), list(exclude)
-    names = [n for n, _ in model.named_parameters()]
+    aliases = parameter_aliases(model)
+    names = list(aliases)
     for pat in include + exclude:
         if not fnmatch.filter(names, pat):
             raise ValueError(f"parameter pattern {pat!r} matches no parameter of the model; "
                              f"parameters are e.g. {', '.join(names[:6])}")
-    targets = []
-    for mname, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
+    # Every (module, local name) a tensor is reachable under, grouped by the tensor's one name.
+    uses: dict[str, list[tuple[str, nn.Module, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, _ in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
-            chosen = (any(fnmatch.fnmatchcase(full, pat) for pat in include) if include
-                      else _default_rule(module, pname, p))
-            if not chosen or any(fnmatch.fnmatchcase(full, pat) for pat in exclude):
-                continue
-            if p.dim() < 2:
-                raise ValueError(f"parameter {full} of shape {tuple(p.shape)} is not a matrix and cannot be pruned in blocks")
-            gates = gates_of(module, pname)
-            grid = block_grid(p.shape, block, gates, name=full, pad=pad)
-            kind = "recurrent" if _is_recurrent(module) else "non_recurrent"
-            targets.append(Target(full, tuple(p.shape), gates, kind, block, grid))
+            uses.setdefault(aliases[full], []).append((full, module, pname))
+    params = dict(model.named_parameters())
+    targets = []
+    for name, p in params.items():
+        chosen = [(full, module, pname) for full, module, pname in uses[name]
+                  if (any(fnmatch.fnmatchcase(full, pat) for pat in include) if include
+                      else _default_rule(module, pname, p))]
+        if not chosen or any(fnmatch.fnmatchcase(full, pat) for full, _, _ in uses[name] for pat in exclude):
+            continue
+        shown = " = ".join(dict.fromkeys(full for full, _, _ in uses[name]))  # "embedding.weight = decoder.weight"
+        if p.dim() < 2:
+            raise ValueError(f"parameter {shown} of shape {tuple(p.shape)} is not a matrix and cannot be pruned in blocks")
+        layout = {(gates_of(module, pname), "recurrent" if _is_recurrent(module) else "non_recurrent")
+                  for _, module, pname in chosen}
+        if len(layout) > 1:
+            raise ValueError(f"tied parameter {shown} is used by layers that tile it differently "
+                             f"(gates, kind: {sorted(layout)}); exclude one of its names or untie it")
+        (gates, kind), = layout
+        grid = block_grid(p.shape, block, gates, name=shown, pad=pad)
+        targets.append(Target(name, tuple(p.shape), gates, kind, block, grid))
     if not targets:
         raise ValueError("no parameter of the model matches the pruning rule; name some with include=[...]")
     return targets
-
-
-def parameters_by_name(model: nn.Module) -> dict[str, torch.nn.Parameter]:
-    return dict(model.named_parameters())

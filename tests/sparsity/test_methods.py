@@ -6,8 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from bsrnn.sparsity import (BlockPruning, GroupLasso, GroupLassoPruning, NarangSchedule, WeightPruning,
+from bsrnn.sparsity import (KINDS, BlockPruning, GroupLasso, GroupLassoPruning, NarangSchedule, WeightPruning,
                             build_method, select_targets)
+from bsrnn.sparsity import schedules
+from bsrnn.sparsity.methods import group_norms
+from bsrnn.sparsity.schedules import weight_quantile
 
 SCHED = NarangSchedule(start_itr=10, ramp_itr=40, end_itr=80, start_slope=0.004, ramp_slope=0.006, freq=10)
 
@@ -142,14 +145,45 @@ def test_group_lasso_penalty_value_and_proximal_zeros():
     assert (model.weight == 0).all() and prox.finalize(0.0) == 1.0
 
 
-def test_glp_penalty_switches_off_when_pruning_ends():
+def glp_penalty_at(glp, step):
+    """The penalty GLP adds to the loss of ``step``, reached by running the method up to it."""
+    for s in range(glp.last_step + 1, step):
+        glp.step(s)
+    return glp.penalty().item()
+
+
+def lasso_of(glp, kinds):
+    params = dict(glp.model.named_parameters())
+    return glp.lambda_g * sum(group_norms(params[t.name], t, False).sum().item()
+                              for t in glp.targets if t.kind in kinds)
+
+
+def test_glp_penalty_follows_each_kinds_own_schedule():
+    torch.manual_seed(0)
+    rec = NarangSchedule(start_itr=10, ramp_itr=20, end_itr=40, start_slope=0.004, ramp_slope=0.006, freq=10)
+    fc = NarangSchedule(start_itr=30, ramp_itr=50, end_itr=80, start_slope=0.004, ramp_slope=0.006, freq=10)
+    glp = GroupLassoPruning(Net("GRU"), (4, 4), {"recurrent": rec, "non_recurrent": fc}, lambda_g=1e-3, q=0.01)
+    assert glp.penalty_window == "schedule"
+    expected = {0: (), 9: (), 10: ("recurrent",), 29: ("recurrent",), 30: ("recurrent", "non_recurrent"),
+                39: ("recurrent", "non_recurrent"), 40: ("non_recurrent",), 79: ("non_recurrent",), 80: (), 120: ()}
+    for step, kinds in expected.items():
+        got = glp_penalty_at(glp, step)
+        assert glp.penalty_kinds() == list(kinds), step
+        assert got == pytest.approx(lasso_of(glp, kinds), rel=1e-5), step
+        assert (got > 0) == bool(kinds), step
+
+
+def test_glp_until_end_window_keeps_the_earlier_behaviour():
     model = Net("GRU")
-    glp = GroupLassoPruning(model, (4, 4), SCHED, lambda_g=1e-3, target=0.5)
-    assert glp.penalty().item() > 0
-    glp.step(SCHED.end_itr - 2)
-    assert glp.penalty().item() > 0
-    glp.step(SCHED.end_itr - 1)
-    assert glp.penalty().item() == 0.0
+    glp = build_method(model, {"method": "glp", "lambda_g": 1e-3, "target": 0.5, "freq": 10, "start": 10,
+                               "ramp": 40, "end": 80, "penalty_window": "until_end"},
+                       steps_per_epoch=10, total_steps=100)
+    assert glp.penalty_window == "until_end"
+    for step in (0, 5, 79):  # on for every matrix from step 0, before pruning starts
+        assert glp_penalty_at(glp, step) == pytest.approx(lasso_of(glp, KINDS), rel=1e-5), step
+    assert glp_penalty_at(glp, 80) == 0.0
+    with pytest.raises(ValueError, match="penalty_window 'always' is not one of schedule, until_end"):
+        GroupLassoPruning(model, (4, 4), SCHED, penalty_window="always")
 
 
 def test_q_auto_uses_the_heuristic_slope():
@@ -161,6 +195,37 @@ def test_q_auto_uses_the_heuristic_slope():
     theta = 2 * q * 10 / (2 * 30 + 3 * 40) * 16 ** 0.25
     assert bp.schedules["non_recurrent"].start_slope == pytest.approx(theta, rel=1e-5)
     assert bp.thresholds["non_recurrent"] == pytest.approx(theta * 11 / 10, rel=1e-5)
+
+
+def test_q_auto_samples_every_matrix_when_the_weights_exceed_the_quantile_limit(monkeypatch):
+    # Three 64×64 matrices: the first (nearest the input) tiny, the later two large. The old code
+    # measured q on the first QUANTILE_LIMIT weights in parameter order, i.e. on the tiny matrix.
+    monkeypatch.setattr(schedules, "QUANTILE_LIMIT", 4096)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(64, 64, bias=False) for _ in range(3)))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.rand(64, 64, generator=g) * 1e-3 + 1e-4)
+        for lin in model[1:]:
+            lin.weight.copy_(torch.rand(64, 64, generator=g) + 0.5)
+    everything = torch.cat([lin.weight.detach().flatten() for lin in model])
+    exact = everything.quantile(0.9).item()  # ≈ 1.35, inside the large matrices
+    first = everything[:4096].quantile(0.9).item()  # ≈ 1e-3, what the old code measured
+    sampled = weight_quantile([lin.weight for lin in model])
+    assert sampled != exact and sampled == pytest.approx(exact, rel=0.02) and sampled > 100 * first
+    assert weight_quantile([lin.weight for lin in model]) == sampled  # a seeded draw: resume is exact
+    bp = BlockPruning(copy.deepcopy(model), (4, 4), SCHED, q="auto")
+    bp.step(20)
+    theta = 2 * sampled * 10 / (2 * 30 + 3 * 40) * 16 ** 0.25
+    assert bp.schedules["non_recurrent"].start_slope == pytest.approx(theta, rel=1e-6)
+    monkeypatch.setattr(schedules, "QUANTILE_LIMIT", 3 * 4096)  # all of it fits: the exact quantile
+    assert weight_quantile([lin.weight for lin in model]) == pytest.approx(exact, rel=1e-6)
+    with torch.no_grad():
+        model[2].weight[:32] = 0.0  # zeros are not weights: they neither count nor get drawn
+    now = torch.cat([lin.weight.detach().flatten() for lin in model])
+    assert weight_quantile([lin.weight for lin in model]) == pytest.approx(now[now != 0].quantile(0.9).item(), rel=1e-6)
+    monkeypatch.setattr(schedules, "QUANTILE_LIMIT", 4096)
+    assert weight_quantile([lin.weight for lin in model]) == pytest.approx(now[now != 0].quantile(0.9).item(), rel=0.02)
+    assert weight_quantile([torch.zeros(4, 4)]) == 0.0
 
 
 def test_dry_run_predicts_the_final_sparsity_of_static_weights():

@@ -40,6 +40,8 @@ def test_config_errors_are_one_clear_sentence():
         SparsityConfig(method="xp")
     with pytest.raises(ValueError, match=r"sparsity.target must be in \[0, 1\)"):
         SparsityConfig(method="bp", target=1.2)
+    with pytest.raises(ValueError, match="sparsity.penalty_window 'always' is not one of schedule, until_end"):
+        SparsityConfig(method="glp", penalty_window="always")
     with pytest.raises(ValueError, match="sparsity.q must be a number or 'auto'"):
         SparsityConfig(method="bp", q="median")
 
