@@ -1,7 +1,10 @@
 """The ``bsrnn`` command line: parses arguments, then calls library functions.
 
 Each area of the library registers its own sub-commands (``register(subparsers)`` in its
-``cli`` module), so this file stays a thin index.
+``cli`` module), so this file stays a thin index. Every module listed must import and register
+at least one command with a help line: a command module that cannot be imported is an error,
+never a command that silently goes missing, and ``bsrnn --help`` lists exactly the commands
+that exist.
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ import argparse
 import importlib
 import sys
 
-# Sub-command modules, in the order their commands appear in --help.
+# Sub-command modules, in the order their commands appear in --help (``bsrnn --help`` lists
+# the commands themselves; tests/test_cli.py checks that each one's --help works).
 COMMAND_MODULES = (
-    "bsrnn.data.cli",        # bsrnn data synth|import-*|stats
-    "bsrnn.train.cli",       # bsrnn train|eval|main
-    "bsrnn.train.lm_cli",    # bsrnn lm-train|lm-sample
-    "bsrnn.inference.cli",   # bsrnn export|infer
-    "bsrnn.bench.cli",       # bsrnn bench overhead|kernels|inference
-    "bsrnn.sparsity.cli",    # bsrnn prune-demo|schedule
-    "bsrnn.experiments.cli", # bsrnn reproduce
+    "bsrnn.data.cli",
+    "bsrnn.train.cli",
+    "bsrnn.train.lm_cli",
+    "bsrnn.inference.cli",
+    "bsrnn.bench.cli",
+    "bsrnn.experiments.cli",
 )
+
+
+class CommandModuleError(ImportError):
+    """A module of ``COMMAND_MODULES`` cannot be imported or registers no usable command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if not (e.name and (name == e.name or name.startswith(e.name + "."))):
-                raise  # a real missing dependency inside the module: surface it
-            continue
-        module.register(sub)
+        except ImportError as e:
+            raise CommandModuleError(f"bsrnn command module {name} cannot be imported ({type(e).__name__}: {e}); "
+                                     "fix it or remove it from bsrnn.cli.COMMAND_MODULES") from e
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise CommandModuleError(f"bsrnn command module {name} has no register(subparsers) function")
+        before = set(sub.choices)
+        register(sub)
+        if not set(sub.choices) - before:
+            raise CommandModuleError(f"bsrnn command module {name} registered no command")
+    listed = {a.dest for a in sub._choices_actions}  # the commands --help shows: those given a help line
+    unlisted = sorted(set(sub.choices) - listed)
+    if unlisted:
+        raise CommandModuleError(f"bsrnn commands {', '.join(unlisted)} have no help line, so --help would hide "
+                                 "them; pass help=... to add_parser")
     return parser
+
+
+def commands(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.ArgumentParser]:
+    """The top-level commands of ``parser`` (default: ``build_parser()``), by name, in --help order."""
+    parser = build_parser() if parser is None else parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:

