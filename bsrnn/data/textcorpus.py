@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path
+
 SOURCES = ("wordnet", "shakespeare", "kjv", "text")
 LEVELS = ("char", "word")
 WORDNET_DIR = "/usr/share/wordnet"
@@ -238,8 +240,6 @@ def build_corpus(source: str = "wordnet", level: str = "char", *, path: str | No
     meta.update(documents=[len(train), len(valid), len(test)], tokens=[len(s) for s in streams.values()],
                 vocab=len(vocab))
     if cache is not None:  # write-then-rename so a killed build never leaves a half-written cache
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-        torch.save({"itos": vocab.itos, **streams, "meta": json.dumps(meta)}, tmp)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            torch.save({"itos": vocab.itos, **streams, "meta": json.dumps(meta)}, tmp)
     return TextCorpus(vocab, streams["train"], streams["valid"], streams["test"], meta)
