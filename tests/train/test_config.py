@@ -82,3 +82,14 @@ def test_the_command_line_reports_config_errors_in_one_sentence(capsys):
     assert main(["train", "--set", "optim.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bsrnn: error: config key optim.lrr is unknown") and "Traceback" not in err
+
+
+def test_construction_lives_in_build_and_keeps_its_old_import_names():
+    import importlib
+
+    from bsrnn.train import build
+    evaluate = importlib.import_module("bsrnn.train.evaluate")  # (bsrnn.train.evaluate is the function)
+    for name in ("manifest_for", "open_dataset", "model_from_config"):
+        assert getattr(evaluate, name) is getattr(build, name), name
+    model = build.model_from_config(load_config(None, ["model.preset=gru32", "model.hidden=8"]).model)
+    assert model.spec.hidden == 8
