@@ -7,14 +7,16 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .lm_cli import is_lm_config, lm_train
-    if is_lm_config(args.config, args.set or []):  # language-model configs share the command
+    from .config import build_config, load_table, task_of
+    raw = load_table(args.config, args.set or [])
+    if task_of(raw) == "lm":  # the config's task key (or, in configs older than it, its LM-only keys)
+        from .lm_cli import lm_train
         return lm_train(args)
     from .checkpoint import CheckpointWriteError
-    from .config import load_config
+    from .config import Config
     from .distributed import RankDivergence
     from .loop import TrainingDiverged, train
-    cfg = load_config(args.config, args.set or [])
+    cfg = build_config(Config, raw)
     try:
         train(cfg)
     except (TrainingDiverged, CheckpointWriteError, RankDivergence) as e:  # the run stops; its last checkpoint is whole
@@ -43,10 +45,11 @@ def _main_job(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a speech model (CTC) with an optional sparsity method",
+    p = subparsers.add_parser("train", help="train a speech model (CTC), or an LM, with an optional sparsity method",
                               description="Train from a TOML config; --set overrides dotted keys, "
-                                          "e.g. --set optim.lr=1e-3 sparsity.method=bp. Resumes from "
-                                          "<run_dir>/last.pt when present.")
+                                          "e.g. --set optim.lr=1e-3 sparsity.method=bp. The config's "
+                                          "top-level task key picks the model: speech (the default) or "
+                                          "lm (as bsrnn lm-train). Resumes from <run_dir>/last.pt when present.")
     p.add_argument("--config", help="TOML run configuration (configs/*.toml)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="override config keys, e.g. train.epochs=2 model.preset=gru64")

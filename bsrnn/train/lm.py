@@ -2,7 +2,8 @@
 
 The LM side of issue 6 (BSRNN §1, §6): the speech loop's machinery (typed TOML config with
 ``--set`` overrides, atomic weights-only checkpoints, CSV/TensorBoard logs, ``build_method``)
-around one visible loop. The training stream is cut into ``batch_size`` contiguous columns; each
+around one visible loop. An LM config says ``task = "lm"`` at its top, so that ``bsrnn train``
+runs this loop as ``bsrnn lm-train`` does. The training stream is cut into ``batch_size`` contiguous columns; each
 step reads the next ``bptt`` rows, carries the hidden state over from the previous window
 (detached: gradients stop at the boundary) and resets it at each epoch start:
 
@@ -22,7 +23,6 @@ import dataclasses
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from bsrnn.models.lm import RecurrentLM, count_params, detach_state
 from bsrnn.sparsity import SparsityConfig, build_method
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import LogConfig, OptimConfig, _build, apply_overrides
+from .config import LogConfig, OptimConfig, build_config, check_task, load_table
 from .loop import TrainingDiverged, make_optimizer, seed_everything
 from .metrics import RunLog
 
@@ -98,19 +98,15 @@ class LMConfig:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
     log: LogConfig = field(default_factory=lambda: LogConfig(every=20))
+    task: str = "lm"  # top-level key: lm (this config) | speech (bsrnn.train.config.Config)
+
+    def __post_init__(self):
+        check_task(self.task, "lm")
 
 
 def load_lm_config(path: str | Path | None = None, overrides=()) -> LMConfig:
     """Defaults ← TOML file ← ``--set`` overrides, type-checked like the speech config."""
-    raw: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
-    return _build(LMConfig, apply_overrides(raw, list(overrides)), "")
+    return build_config(LMConfig, load_table(path, overrides))
 
 
 def lm_config_to_dict(cfg: LMConfig) -> dict:
@@ -339,7 +335,7 @@ def load_lm(path: str | Path) -> tuple[RecurrentLM, Vocab, LMConfig]:
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "lm":
         raise ValueError(f"checkpoint {path} is not a language-model checkpoint (written by bsrnn lm-train)")
-    cfg = _build(LMConfig, json.loads(ckpt["config"]), "")
+    cfg = build_config(LMConfig, json.loads(ckpt["config"]))
     vocab = Vocab(ckpt["vocab"], ckpt["level"])
     model = model_from_config(cfg.model, len(vocab))
     model.load_state_dict(ckpt["model"])

@@ -112,7 +112,8 @@ def test_cli_trains_samples_and_reports_bad_input(tmp_path, corpus, capsys):
     assert "was trained with a different [model] table" in capsys.readouterr().err  # not a shape traceback
 
 
-def test_shipped_lm_configs_load_and_are_recognised_as_lm():
+def test_shipped_lm_configs_load_and_name_their_task():
+    import tomllib
     from pathlib import Path
 
     from bsrnn.train.lm_cli import is_lm_config
@@ -121,10 +122,42 @@ def test_shipped_lm_configs_load_and_are_recognised_as_lm():
     for path in configs:
         cfg = load_lm_config(path)
         assert cfg.sparsity.exclude == ["decoder.*"], path  # the output layer is never pruned (paper §5)
+        assert tomllib.loads(path.read_text())["task"] == "lm" == cfg.task, path
         assert is_lm_config(str(path))
     speech = Path(__file__).resolve().parents[2] / "configs" / "main_dense.toml"
     assert not is_lm_config(str(speech)) and not is_lm_config(None, ["optim.lr=1e-3"])
-    assert is_lm_config(None, ["data.level=word"])
+    assert is_lm_config(None, ["task=lm"])
+
+
+def test_the_task_key_decides_and_configs_older_than_it_still_work(tmp_path):
+    from bsrnn.train.config import load_config, task_of
+    from bsrnn.train.lm_cli import is_lm_config
+    old = tmp_path / "old_lm.toml"  # an LM config from before the task key: recognised by its LM-only keys
+    old.write_text('[data]\nsource = "text"\nlevel = "word"\n[train]\nbptt = 16\n')
+    assert is_lm_config(str(old)) and is_lm_config(None, ["data.level=word"])
+    assert load_lm_config(old).task == "lm" and load_lm_config(old).train.bptt == 16
+    assert task_of({"task": "speech", "data": {"source": "text"}}) == "speech"  # the key wins over the sniff
+    with pytest.raises(ValueError, match=r"^config key task = 'vision' is not one of speech, lm$"):
+        task_of({"task": "vision"})
+    with pytest.raises(ValueError, match=r"^config key task = 'lm': this is a lm config, not a speech one; train it "
+                                         r"with bsrnn train \(which reads the task\) or load it with "
+                                         r"bsrnn.train.lm.load_lm_config$"):
+        load_config(None, ["task=lm"])
+    with pytest.raises(ValueError, match=r"config key task = 'speech': this is a speech config, not a lm one"):
+        load_lm_config(None, ["task=speech"])
+
+
+def test_bsrnn_train_runs_an_lm_config_by_its_task(tmp_path, corpus, capsys):
+    cfg_path = tmp_path / "lm.toml"
+    cfg_path.write_text('task = "lm"\n[train]\nsteps = 4\n')
+    sets = [f"data.path={json.dumps(str(corpus))}", f"train.run_dir={json.dumps(str(tmp_path / 'run'))}",
+            f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}", "model.hidden=16", "train.batch_size=4",
+            "log.tensorboard=false", "log.progress=false"]
+    assert lm_main(["train", "--config", str(cfg_path), "--set", "data.source=text", *sets]) == 0
+    assert "bits/char" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["steps"] == 4
+    assert lm_main(["eval", str(tmp_path / "run" / "last.pt")]) == 2  # a speech command on an LM checkpoint
+    assert "is a language-model checkpoint" in capsys.readouterr().err
 
 
 def test_word_level_gru_with_tied_weights_trains_and_samples_words(tmp_path, corpus):
