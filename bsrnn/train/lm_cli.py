@@ -19,12 +19,13 @@ def is_lm_config(path: str | None, overrides=()) -> bool:
 
 
 def lm_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointWriteError
+    from .engine import TrainingDiverged
     from .lm import load_lm_config, train_lm
-    from .loop import TrainingDiverged
     cfg = load_lm_config(args.config, args.set or [])
     try:
         report = train_lm(cfg)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointWriteError) as e:  # the run stops; its last checkpoint is whole
         print(f"bsrnn: error: {e}", file=sys.stderr)
         return 1
     if "stopped_at" in report:

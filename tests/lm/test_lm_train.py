@@ -69,6 +69,36 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, method):
     assert resumed["test_loss"] == whole["test_loss"] and resumed["sparsity"] == whole["sparsity"]
 
 
+def test_a_checkpoint_with_the_dropped_scheduler_and_sampler_entries_still_resumes(tmp_path, corpus):
+    # Checkpoints once carried "scheduler" and "sampler" entries that nothing read; one written
+    # so must load and resume exactly as a current one does.
+    from bsrnn.train.checkpoint import load_checkpoint, save_checkpoint
+    sets = ["sparsity.method=bp", "sparsity.target=0.5", "sparsity.freq=2", "sparsity.start=2", "sparsity.ramp=4",
+            "sparsity.end=8"]
+    whole = train_lm(tiny(tmp_path, corpus, "whole", *sets))
+    train_lm(tiny(tmp_path, corpus, "old", *sets, "train.max_steps=5"))
+    last = tmp_path / "old" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert "scheduler" not in ckpt and "sampler" not in ckpt
+    save_checkpoint({**ckpt, "scheduler": {"lr": 1e-3}, "sampler": {"seed": 0, "epoch": 0, "skip": 5}}, last)
+    assert "scheduler" in torch.load(last, weights_only=True)  # on disk as an old checkpoint had it
+    resumed = train_lm(tiny(tmp_path, corpus, "old", *sets))
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert resumed["test_loss"] == whole["test_loss"]
+
+
+def test_resuming_under_a_config_that_changes_the_run_is_refused(tmp_path, corpus):
+    train_lm(tiny(tmp_path, corpus, "r", "train.max_steps=4"))
+    with pytest.raises(ValueError, match=r"last.pt was trained with optim.lr = 0.002, not 0.01; use another"):
+        train_lm(tiny(tmp_path, corpus, "r", "optim.lr=0.01"))
+    # where it stops, how often it evaluates and checkpoints may change
+    report = train_lm(tiny(tmp_path, corpus, "r", "train.eval_every=6", "train.checkpoint_every=3"))
+    assert report["steps"] == 12
+
+
 def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, corpus):
     cfg = tiny(tmp_path, corpus, "nan", "optim.lr=inf", "train.warmup_steps=0",
                "train.max_bad_batches=3")  # the first step blows the weights up to inf/NaN
@@ -109,7 +139,8 @@ def test_cli_trains_samples_and_reports_bad_input(tmp_path, corpus, capsys):
     assert lm_main(["lm-train", "--set", "train.stepz=1"]) == 2
     assert "config key train.stepz is unknown" in capsys.readouterr().err
     assert lm_main(["lm-train", "--config", str(cfg_path), "--set", *sets, "model.hidden=32"]) == 2
-    assert "was trained with a different [model] table" in capsys.readouterr().err  # not a shape traceback
+    # one sentence naming the key, not a shape traceback
+    assert "last.pt was trained with model.hidden = 16, not 32; use another train.run_dir" in capsys.readouterr().err
 
 
 def test_shipped_lm_configs_load_and_name_their_task():

@@ -100,9 +100,10 @@ def test_the_task_key_and_configs_written_before_it(tmp_path):
 def test_construction_lives_in_build_and_keeps_its_old_import_names():
     import importlib
 
-    from bsrnn.train import build
+    from bsrnn.train import build, loop
     evaluate = importlib.import_module("bsrnn.train.evaluate")  # (bsrnn.train.evaluate is the function)
     for name in ("manifest_for", "open_dataset", "model_from_config"):
         assert getattr(evaluate, name) is getattr(build, name), name
+    assert loop.feature_stats is build.feature_stats
     model = build.model_from_config(load_config(None, ["model.preset=gru32", "model.hidden=8"]).model)
     assert model.spec.hidden == 8
