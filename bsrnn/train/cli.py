@@ -1,4 +1,5 @@
-"""``bsrnn train``, ``bsrnn eval`` and ``bsrnn main``: parse, then call the library."""
+"""``bsrnn train`` and ``bsrnn eval``: parse, then call the library (``bsrnn main`` is an experiment:
+``bsrnn.experiments.cli``)."""
 
 from __future__ import annotations
 
@@ -37,13 +38,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _main_job(args: argparse.Namespace) -> int:
-    from .mainjob import run_main_job
-    run_main_job(corpus=args.corpus, runs=args.runs, out=args.out, overrides=args.set or [],
-                 fresh=args.fresh, parallel=not args.sequential)
-    return 0
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a speech model (CTC), or an LM, with an optional sparsity method",
                               description="Train from a TOML config; --set overrides dotted keys, "
@@ -62,18 +56,3 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", help="corpus directory (default: the one the model was trained on)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_eval)
-
-    p = subparsers.add_parser("main", help="the main job: corpus, dense and block-pruned model, paper table",
-                              description="Generate the default corpus (skipped when present), train a "
-                                          "small dense GRU and the same model with 4x4 block pruning, "
-                                          "and print the paper's table. About 20 minutes on 2 cores.")
-    p.add_argument("--corpus", default="data/corpus", help="corpus directory (default %(default)s)")
-    p.add_argument("--runs", default="runs/main", help="run directories go here (default %(default)s)")
-    p.add_argument("--out", default="benchmarks/main", help="results.{json,md} go here (default %(default)s)")
-    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="overrides applied to both runs, e.g. train.epochs=1")
-    p.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
-    p.add_argument("--sequential", action="store_true",
-                   help="train the two models one after the other with train.threads each, in this process "
-                        "(default: both at once, 1 thread each, same throughput on 2 cores)")
-    p.set_defaults(func=_main_job)
