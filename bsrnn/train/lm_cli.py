@@ -11,6 +11,13 @@ import argparse
 import sys
 
 
+def __getattr__(name: str):
+    if name == "LM_KEYS":  # defined here before the task key; now bsrnn.train.config.LM_KEYS
+        from .config import LM_KEYS
+        return LM_KEYS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_lm_config(path: str | None, overrides=()) -> bool:
     """Whether ``bsrnn train --config path --set overrides`` describes a language model
     (``task = "lm"``, or in a config older than the key, keys only LM configs have)."""

@@ -161,8 +161,10 @@ def test_shipped_lm_configs_load_and_name_their_task():
 
 
 def test_the_task_key_decides_and_configs_older_than_it_still_work(tmp_path):
+    from bsrnn.train import config, lm_cli
     from bsrnn.train.config import load_config, task_of
     from bsrnn.train.lm_cli import is_lm_config
+    assert lm_cli.LM_KEYS is config.LM_KEYS  # the old home of the LM-only keys
     old = tmp_path / "old_lm.toml"  # an LM config from before the task key: recognised by its LM-only keys
     old.write_text('[data]\nsource = "text"\nlevel = "word"\n[train]\nbptt = 16\n')
     assert is_lm_config(str(old)) and is_lm_config(None, ["data.level=word"])
