@@ -13,7 +13,6 @@ default padded path (``padded_recurrent``), since that choice sets the speed of 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..atomic import write_json
 from ..models.deepspeech2 import build_model
 from ..sparsity import BlockPruning, GroupLasso, NarangSchedule
 
@@ -121,10 +121,7 @@ def run(args) -> int:
     res["command"] = (f"bsrnn bench overhead --preset {args.preset} --batch {args.batch} --frames {args.frames} "
                       f"--rounds {args.rounds}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, out)
+    write_json(res, out)
     packed = (f"; with the recurrent layers on a PackedSequence {res['median_s']['train_step_packed'] * 1e3:.1f} ms "
               f"(x{res['packed_over_padded']:.2f})" if res["packed_over_padded"] else "")
     print(f"training step: {res['median_s']['train_step'] * 1e3:.1f} ms (median of {args.rounds}){packed}")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from ..atomic import open_atomic
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.1  # shorter than a few 25 ms windows: no usable frames for a conv front end
@@ -132,18 +133,10 @@ def to_int16(wave: np.ndarray) -> np.ndarray:
 def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write a 16-bit mono WAV atomically: a killed writer leaves no file under ``path``.
 
-    The temp file sits in the same folder (``os.replace`` is atomic only within a file
-    system) and starts with a dot, so globbing ``*.wav`` never sees it.
+    The temp file (``bsrnn.atomic``) sits in the same folder and starts with a dot, so globbing
+    ``*.wav`` never sees it. Not fsync'ed: a lost file is synthesized again.
     """
     path = Path(path)
     pcm = wave if wave.dtype == np.int16 else to_int16(np.asarray(wave, dtype=np.float32))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; corpus files are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path, "wb", sync=False) as f:
+        sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from .audio import AudioError, load_audio
 from .features import FeatureStats, LogMel, SpecAugment
 from .manifest import read_manifest
@@ -85,16 +85,8 @@ def _load_cache(path: Path) -> dict | None:
 def _save_cache(data: dict, path: Path) -> None:
     """Atomic, and safe when two runs (say, two trainings in parallel) fill the same cache:
     each writes its own temp file, and the last complete one wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, sync=False) as tmp:  # a lost cache file is recomputed
         torch.save(data, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SpeechDataset(torch.utils.data.Dataset):

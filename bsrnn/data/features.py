@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_json
+
 
 def hz_to_mel(hz):
     """HTK mel scale."""
@@ -112,9 +114,7 @@ class FeatureStats:
         path = Path(path)
         data = {"mean": self.mean.tolist(), "std": self.std.tolist(), "count": self.count,
                 "settings": self.settings}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(data, path, indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from ..atomic import open_atomic
 
 REQUIRED_FIELDS = ("id", "path", "text", "duration")
 
@@ -92,18 +93,8 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
             raise ValueError(f"{path}: row {i}: duplicate id {row['id']!r}; ids must be unique.")
         seen.add(row["id"])
         lines.append(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=base)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; manifests are meant to be shared
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path) as f:
+        f.writelines(lines)
     return path
 
 

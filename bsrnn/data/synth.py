@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import write_text
 from .audio import SAMPLE_RATE, AudioError, add_noise, decode_audio, resample, trim_silence, write_wav
 from .manifest import read_manifest, write_manifest
 from .text import wordnet_prompts
@@ -271,9 +272,7 @@ def _write_card(out_dir: Path, seed: int, sizes: dict[str, int]) -> None:
     text = json.dumps(card, indent=1) + "\n"
     path = out_dir / "corpus.json"
     if not path.exists() or path.read_text(encoding="utf-8") != text:  # a re-run changes no file
-        tmp = out_dir / ".corpus.json.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(text, path)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path
 from . import wordnet
 
 SOURCES = ("wordnet", "shakespeare", "kjv", "text")
@@ -228,8 +229,6 @@ def build_corpus(source: str = "wordnet", level: str = "char", *, path: str | No
     meta.update(documents=[len(train), len(valid), len(test)], tokens=[len(s) for s in streams.values()],
                 vocab=len(vocab))
     if cache is not None:  # write-then-rename so a killed build never leaves a half-written cache
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-        torch.save({"itos": vocab.itos, **streams, "meta": json.dumps(meta)}, tmp)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            torch.save({"itos": vocab.itos, **streams, "meta": json.dumps(meta)}, tmp)
     return TextCorpus(vocab, streams["train"], streams["valid"], streams["test"], meta)

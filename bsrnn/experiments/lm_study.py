@@ -32,8 +32,10 @@ from pathlib import Path
 
 import torch
 
+from bsrnn.atomic import write_text
 from bsrnn.models.lm import RecurrentLM, count_params
-from bsrnn.train.lm import load_lm_config, train_lm
+from bsrnn.sparsity import StaticSparsity
+from bsrnn.train.lm import load_lm_config, model_from_config, train_lm
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lm_char_lstm.toml"
 PRUNE = ["sparsity.block=[4, 4]", "sparsity.target=0.9", "sparsity.freq=10", "sparsity.start=0.1",
@@ -57,8 +59,6 @@ def equal_params_hidden(target: int, vocab: int, emb: int) -> int:
 def step_seconds(model_cfg, vocab: int, rounds: int = 5, steps: int = 8) -> dict[str, float]:
     """Median seconds per training step of the dense model and of the same model 90 % block-sparse
     from the first step (static masks), timed interleaved in one process so load hits both alike."""
-    from bsrnn.sparsity import StaticSparsity
-    from bsrnn.train.lm import model_from_config
     models, times = {}, {"dense": [], "sparse": []}
     for name in times:
         torch.manual_seed(0)
@@ -225,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m bsrnn.experiments.lm_study", *sys.argv[1:]]) if argv is None else \
         " ".join(["python -m bsrnn.experiments.lm_study", *argv])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"command": command, "torch": torch.__version__, "threads": 1,
-                                                  "step_seconds": timing, "rows": rows}, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(rows, command, timing))
+    write_text(json.dumps({"command": command, "torch": torch.__version__, "threads": 1, "step_seconds": timing,
+                           "rows": rows}, indent=1) + "\n", out / "results.json")
+    write_text(markdown(rows, command, timing), out / "results.md")
     plot(rows, runs, out / "val_loss.png")
     print((out / "results.md").read_text())
     return 0 if all(math.isfinite(r["test_bits"]) for r in rows) else 1

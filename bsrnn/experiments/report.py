@@ -14,15 +14,13 @@ import json
 import platform
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..sparsity import LayerSparsity  # noqa: E402
-from ..train.checkpoint import load_checkpoint  # noqa: E402
-from .grid import Run, Scale, tables  # noqa: E402
+from ..atomic import write_text
+from ..sparsity import LayerSparsity
+from ..train.checkpoint import load_checkpoint
+from .grid import Run, Scale, tables
+from .recipe import made_by
 
 SPLIT = "test"  # held-out prompts: the stand-in for the paper's test set
 BLANK_CER = 90.0  # at or above this CER a CTC model has not left the all-blank phase: it did not learn
@@ -56,11 +54,7 @@ def load_run(runs: Path, scale: Scale, run: Run, saved: Path | None = None) -> d
     copy = saved / f"{run.name}.json" if saved is not None else None
     want = run.overrides(scale)
     if path.is_file():
-        from .reproduce import _config_holds
-        stamp, config = path.parent / "grid.json", path.parent / "config.json"
-        if stamp.is_file() and json.loads(stamp.read_text()) != want:
-            return None
-        if not stamp.is_file() and config.is_file() and not _config_holds(json.loads(config.read_text()), want):
+        if not made_by(path.parent, want):
             return None
         rep = json.loads(path.read_text())
         last = path.parent / "last.pt"
@@ -169,7 +163,16 @@ def claims(t: dict, results: dict, scale: Scale) -> list[str]:
     return out
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported when a figure is drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def figures(t: dict, results: dict, scale: Scale, out: Path) -> list[str]:
+    plt = _pyplot()
     made = []
     bp = next((results.get(r.name) for _, r in t["table1"] if r.family == "rnn" and r.method == "bp"
                and r.width == scale.widths["rnn"][0]), None)
@@ -213,7 +216,7 @@ def figures(t: dict, results: dict, scale: Scale, out: Path) -> list[str]:
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path.name
 
 
@@ -241,7 +244,7 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
     results = {n: r for n, r in results.items() if r is not None}
     saved.mkdir(parents=True, exist_ok=True)
     for name, rep in results.items():  # the evidence behind every row, kept with the report
-        (saved / f"{name}.json").write_text(json.dumps({k: v for k, v in rep.items() if k != "cer"}, indent=1))
+        write_text(json.dumps({k: v for k, v in rep.items() if k != "cer"}, indent=1), saved / f"{name}.json")
     for orphan in saved.glob("*.json"):  # runs no longer in the grid, or stale ones
         if orphan.stem not in results:
             orphan.unlink()
@@ -274,10 +277,10 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
             md += ["The paper:", "", paper_md(key), ""]
     md += ["## Figures", ""] + [f"![{m}]({m})" for m in made]
     md += [f"![{k}](../{k})" for k in kernels] + [""]
-    (out / "REPORT.md").write_text("\n".join(md))
+    write_text("\n".join(md), out / "REPORT.md")
     summary = {"scale": scale.name, "command": command, "missing": missing, "figures": made,
                "runs": {n: {k: r[k] for k in ("params", "nonzero_params", "sparsity", "cer", "algorithm", "block")}
                         for n, r in results.items()}}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_text(json.dumps(summary, indent=2), out / "results.json")
     print(f"wrote {out / 'REPORT.md'} ({len(results)} runs, {len(missing)} missing)")
     return summary

@@ -5,21 +5,22 @@ torch thread each: CALIBRATION.md §3 found two 1-thread runs as fast as one 2-t
 whose ``report.json`` exists is skipped; an interrupted one resumes from its ``last.pt``. So the
 command can be stopped and started again at any time, also across machines' sessions, and it
 picks up where it was. Then ``report.py`` writes ``REPORT.md``, ``results.json`` and figures.
+(``runner.py`` runs the jobs; a run directory made by another recipe is moved aside.)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..data.synth import synthesize
-from ..train.config import parse_override
 from .grid import SCALES, Run, Scale, all_runs
+from .recipe import config_holds as _config_holds  # noqa: F401 (its name when it lived here)
+from .recipe import recipe_matches as _recipe_matches
+from .report import write_report
+from .runner import Job, Result, run_jobs
+from .runner import train_command as _train_command
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "reproduce.toml"
 
@@ -28,59 +29,23 @@ def run_dir(runs: Path, scale: Scale, run: Run) -> Path:
     return runs / scale.name / run.name
 
 
+def job(run: Run, scale: Scale, corpus: Path, runs: Path, out: Path | None = None) -> Job:
+    """The ``bsrnn train`` job of one grid run (in ``out``, by default its place under ``runs``);
+    its recipe is the grid's overrides."""
+    return Job(run.name, CONFIG, out or run_dir(runs, scale, run), run.overrides(scale),
+               where=[f"data.corpus={json.dumps(str(corpus))}", "log.tensorboard=false"])
+
+
 def train_command(run: Run, scale: Scale, corpus: Path, out: Path, threads: int) -> list[str]:
-    sets = run.overrides(scale) + [f"data.corpus=\"{corpus}\"", f"train.run_dir=\"{out}\"",
-                                   f"train.threads={threads}", "log.progress=false", "log.tensorboard=false"]
-    return [sys.executable, "-m", "bsrnn", "train", "--config", str(CONFIG), "--set", *sets]
-
-
-def _config_holds(config: dict, overrides: list[str]) -> bool:
-    """Whether a run's resolved ``config.json`` has every ``section.key=value`` override."""
-    for item in overrides:
-        (section, name), want = parse_override(item)
-        have = config.get(section, {}).get(name)
-        if isinstance(want, list):
-            want, have = list(want), list(have) if isinstance(have, (list, tuple)) else have
-        if isinstance(want, float) or isinstance(have, float):
-            if have is None or abs(float(have) - float(want)) > 1e-12 * max(1.0, abs(float(want))):
-                return False
-        elif have != want:
-            return False
-    return True
+    """The ``bsrnn train`` command line of one grid run trained in ``out``."""
+    return _train_command(job(run, scale, corpus, out.parent, out), threads)
 
 
 def recipe_matches(out: Path, run: Run, scale: Scale) -> bool:
-    """Whether the run directory was made by this recipe. Its ``grid.json`` holds the overrides it
-    was trained with; a directory from before ``grid.json`` existed is checked against its
-    resolved ``config.json`` and stamped when that agrees."""
-    stamp, want = out / "grid.json", run.overrides(scale)
-    if stamp.is_file():
-        return json.loads(stamp.read_text()) == want
-    config = out / "config.json"
-    if config.is_file() and not _config_holds(json.loads(config.read_text()), want):
-        return False
-    if out.is_dir():
-        stamp.write_text(json.dumps(want, indent=1))
-    return True
-
-
-def train_one(run: Run, scale: Scale, corpus: Path, runs: Path, threads: int) -> tuple[str, str, float]:
-    out = run_dir(runs, scale, run)
-    if out.is_dir() and not recipe_matches(out, run, scale):  # an older recipe: keep it aside, start again
-        stale = out.with_name(f"{out.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.rename(stale)
-        print(f"  {run.name}: made by another recipe; moved to {stale.name} and trained again", flush=True)
-    if (out / "report.json").is_file():
-        return run.name, "done before", 0.0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(run.overrides(scale), indent=1))
-    started = time.perf_counter()
-    with open(out / "train.log", "a") as log:
-        proc = subprocess.run(train_command(run, scale, corpus, out, threads), stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    took = time.perf_counter() - started
-    status = "trained" if proc.returncode == 0 and (out / "report.json").is_file() else f"FAILED ({proc.returncode})"
-    return run.name, status, took
+    """Whether the run directory was made by this recipe: its stamp holds the overrides it was
+    trained with; a directory from before stamps existed is checked against its resolved
+    ``config.json`` and stamped when that agrees (``recipe.recipe_matches``)."""
+    return _recipe_matches(out, run.overrides(scale))
 
 
 def reproduce(scale_name: str = "small", *, corpus: str | None = None, runs: str = "runs/reproduce",
@@ -103,10 +68,10 @@ def reproduce(scale_name: str = "small", *, corpus: str | None = None, runs: str
         synthesize(corpus_dir, n_utts=scale.n_utts, workers=workers, progress=False, dev_size=dev, test_size=test,
                    unseen_voice_test_size=unseen)
         print(f"{len(grid)} runs at scale {scale.name}, {workers} at a time, {threads} thread(s) each")
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for name, status, took in pool.map(lambda r: train_one(r, scale, corpus_dir, runs_dir, threads), grid):
-                print(f"  {name:<40} {status:<14} {took / 60:6.1f} min", flush=True)
-    from .report import write_report
+
+        def done(r: Result) -> None:
+            print(f"  {r.name:<40} {r.status:<14} {r.seconds / 60:6.1f} min", flush=True)
+        run_jobs([job(r, scale, corpus_dir, runs_dir) for r in grid], workers=workers, threads=threads, on_done=done)
     wall = time.perf_counter() - started
     return write_report(scale, runs_dir, Path(out), wall_seconds=wall, workers=workers, threads=threads,
                         command=f"bsrnn reproduce --scale {scale.name} --workers {workers} --threads {threads}")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from ..sparsity.blocks import Block, as_matrix, gate_rows, parse_block
 
 FORMAT = "bsrnn-bsr"
@@ -197,9 +198,8 @@ def save(exp: ExportedModel, path: str | os.PathLike) -> Path:
         tensors[f"{n}.indptr"] = torch.from_numpy(m.indptr)
     tensors.update({n: t.contiguous() for n, t in exp.dense.items()})
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"bsrnn": json.dumps(_header(exp))})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"bsrnn": json.dumps(_header(exp))})
     return path
 
 

@@ -66,10 +66,6 @@ class RecurrentLM(nn.Module):
         if self.decoder.weight is not self.embedding.weight:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
-    def init_state(self, batch: int) -> State:
-        z = torch.zeros(self.layers, batch, self.hidden, device=self.decoder.weight.device)
-        return (z, z.clone()) if self.rnn_type == "lstm" else z
-
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (T, N), got shape {tuple(tokens.shape)}")

@@ -1,12 +1,13 @@
 """Checkpoints that survive crashes and resume training exactly (DESIGN.md convention 7).
 
-A checkpoint holds the model, optimizer, LR scheduler and sparsity-method state (the paper's
-masks, BSRNN §3), the step/epoch/batch position, the sampler's seed, every RNG state (torch,
-numpy, python) and the resolved config. It holds only tensors and plain containers (the config
+A checkpoint holds the model, optimizer and sparsity-method state (the paper's masks, BSRNN §3),
+the step/epoch/batch position (the learning rate and the sampler's place are functions of it),
+every RNG state (torch, numpy, python) and the resolved config. It holds only tensors and plain containers (the config
 as a JSON string), so it loads with ``torch.load(weights_only=True)``: a file cannot run code.
 
-Writes are atomic: the bytes go to a temporary file in the same directory, are fsync'ed, and
-``os.replace`` swaps them in, so a crash mid-write leaves the previous checkpoint intact. A
+Writes are atomic (``bsrnn.atomic``): the bytes go to a temporary file in the same directory, are
+fsync'ed, and ``os.replace`` swaps them in, so a crash mid-write leaves the previous checkpoint
+intact; ``remove_stale_temporaries`` deletes what a SIGKILL'ed writer left behind. A
 SHA-256 digest of the contents is stored inside: ``torch.load`` reads a flipped byte in tensor
 data without complaint, so the digest is what turns a damaged file into a clear error.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import random
 import zipfile
@@ -24,8 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bsrnn.atomic import atomic_path, remove_stale_temporaries  # noqa: F401 (remove_...: part of this API)
+
 FORMAT = "bsrnn-checkpoint-1"
-REQUIRED = ("format", "model", "optimizer", "scheduler", "sparsity", "position", "rng", "config")
+REQUIRED = ("format", "model", "optimizer", "sparsity", "position", "rng", "config")
+# Entries that checkpoints once carried and nothing read: the learning rate is a pure function of
+# the step, and the sampler's position is the step/epoch/batch in ``position``. Older checkpoints
+# that have them load as if they had not.
+DROPPED = ("scheduler", "sampler")
 
 
 def rng_state() -> dict:
@@ -49,60 +55,27 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
 
 
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete the temporary files a killed writer of ``path`` left behind (``.{name}.tmp<pid>``).
-
-    A SIGKILL mid-write skips the cleanup below; the checkpoint itself is untouched (the rename
-    never happened), but the half-written temporary would stay on disk forever.
-    """
-    path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.tmp*")) if path.parent.is_dir() else []
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale
-
-
 def save_atomic(obj: dict, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a fsync'ed temporary file and ``os.replace``."""
+    """``torch.save`` to ``path`` through a fsync'ed temporary file and ``os.replace`` (``bsrnn.atomic``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         # Serialise in memory first: torch.save's zip writer turns a failed disk write into a
         # RuntimeError that has lost the OSError ("unexpected pos 64 vs 0"), while a plain
         # write reports ENOSPC as such.
         buffer = io.BytesIO()
         torch.save(obj, buffer)
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:  # ENOSPC, EDQUOT, EACCES, EROFS...: say so in one sentence
         previous = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint was there"
         error = CheckpointWriteError(f"could not write checkpoint {path} ({e.strerror or e}); {previous}; "
                                      "free space or fix permissions and resume")
         error.errno = e.errno
         raise error from None
-    finally:
-        if tmp.exists():  # a failed write leaves nothing half-written behind
-            tmp.unlink()
-    _fsync_dir(path.parent)
     return path
 
 
@@ -164,6 +137,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if stored != digest(ckpt):
         raise ValueError(f"checkpoint {path} is damaged: its contents do not match the digest written with them; "
                          "delete it to restart, or resume from another checkpoint (best.pt).")
+    for key in DROPPED:  # checked by the digest above, then forgotten
+        ckpt.pop(key, None)
     return ckpt
 
 

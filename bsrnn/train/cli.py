@@ -1,4 +1,5 @@
-"""``bsrnn train``, ``bsrnn eval`` and ``bsrnn main``: parse, then call the library."""
+"""``bsrnn train`` and ``bsrnn eval``: parse, then call the library (``bsrnn main`` is an experiment:
+``bsrnn.experiments.cli``)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .lm_cli import is_lm_config, lm_train
-    if is_lm_config(args.config, args.set or []):  # language-model configs share the command
+    from .config import build_config, load_table, task_of
+    raw = load_table(args.config, args.set or [])
+    if task_of(raw) == "lm":  # the config's task key (or, in configs older than it, its LM-only keys)
+        from .lm_cli import lm_train
         return lm_train(args)
     from .checkpoint import CheckpointWriteError
-    from .config import load_config
+    from .config import Config
     from .distributed import RankDivergence
     from .loop import TrainingDiverged, train
-    cfg = load_config(args.config, args.set or [])
+    cfg = build_config(Config, raw)
     try:
         train(cfg)
     except (TrainingDiverged, CheckpointWriteError, RankDivergence) as e:  # the run stops; its last checkpoint is whole
@@ -35,18 +38,12 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _main_job(args: argparse.Namespace) -> int:
-    from .mainjob import run_main_job
-    run_main_job(corpus=args.corpus, runs=args.runs, out=args.out, overrides=args.set or [],
-                 fresh=args.fresh, parallel=not args.sequential)
-    return 0
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a speech model (CTC) with an optional sparsity method",
+    p = subparsers.add_parser("train", help="train a speech model (CTC), or an LM, with an optional sparsity method",
                               description="Train from a TOML config; --set overrides dotted keys, "
-                                          "e.g. --set optim.lr=1e-3 sparsity.method=bp. Resumes from "
-                                          "<run_dir>/last.pt when present.")
+                                          "e.g. --set optim.lr=1e-3 sparsity.method=bp. The config's "
+                                          "top-level task key picks the model: speech (the default) or "
+                                          "lm (as bsrnn lm-train). Resumes from <run_dir>/last.pt when present.")
     p.add_argument("--config", help="TOML run configuration (configs/*.toml)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="override config keys, e.g. train.epochs=2 model.preset=gru64")
@@ -59,18 +56,3 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", help="corpus directory (default: the one the model was trained on)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_eval)
-
-    p = subparsers.add_parser("main", help="the main job: corpus, dense and block-pruned model, paper table",
-                              description="Generate the default corpus (skipped when present), train a "
-                                          "small dense GRU and the same model with 4x4 block pruning, "
-                                          "and print the paper's table. About 20 minutes on 2 cores.")
-    p.add_argument("--corpus", default="data/corpus", help="corpus directory (default %(default)s)")
-    p.add_argument("--runs", default="runs/main", help="run directories go here (default %(default)s)")
-    p.add_argument("--out", default="benchmarks/main", help="results.{json,md} go here (default %(default)s)")
-    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="overrides applied to both runs, e.g. train.epochs=1")
-    p.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
-    p.add_argument("--sequential", action="store_true",
-                   help="train the two models one after the other with train.threads each, in this process "
-                        "(default: both at once, 1 thread each, same throughput on 2 cores)")
-    p.set_defaults(func=_main_job)

@@ -6,6 +6,10 @@ Adam 1.5e-3 with warm-up and step decay, batch 24, SortaGrad, clipping at 5) and
 table is the sparsity core's own ``SparsityConfig``, type-checked here like the others and
 validated by its ``__post_init__``. Every mistake is one sentence that names the
 key and what would be valid; the resolved config is written beside every run's outputs.
+
+The top-level key ``task`` names what a config trains: ``"speech"`` (this module's ``Config``,
+the default) or ``"lm"`` (``bsrnn.train.lm.LMConfig``); ``bsrnn train`` reads it to pick the loop
+(``task_of``). ``build_config`` turns a table into any of these dataclasses, type-checked.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bsrnn.atomic import write_json
 from bsrnn.sparsity import SparsityConfig
+
+TASKS = ("speech", "lm")
+# Keys only a language-model config has: how a config written before the ``task`` key existed
+# is recognised (the speech config's [data] names a corpus of manifests).
+LM_KEYS = (("data", "source"), ("data", "level"), ("train", "bptt"), ("model", "emb"), ("model", "tie"))
 
 
 @dataclass
@@ -87,6 +97,16 @@ class LogConfig:
     every: int = 10  # steps between CSV/TensorBoard rows
 
 
+def check_task(task: str, expected: str) -> None:
+    """The ``task`` of a config that a loader of ``expected`` configs was given."""
+    if task not in TASKS:
+        raise ValueError(f"config key task = {task!r} is not one of {', '.join(TASKS)}")
+    if task != expected:
+        loader = {"speech": "bsrnn.train.load_config", "lm": "bsrnn.train.lm.load_lm_config"}[task]
+        raise ValueError(f"config key task = {task!r}: this is a {task} config, not a {expected} one; "
+                         f"train it with bsrnn train (which reads the task) or load it with {loader}")
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -97,6 +117,10 @@ class Config:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    task: str = "speech"  # top-level key: speech (this config) | lm (bsrnn.train.lm.LMConfig)
+
+    def __post_init__(self):
+        check_task(self.task, "speech")
 
 
 CHOICES = {"optim.name": ("adam", "sgd"), "model.rnn_type": ("rnn", "gru", "lstm", None)}
@@ -141,8 +165,11 @@ def _coerce(value, hint, key: str):
     raise ValueError(f"config key {key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
 
 
-def _build(cls, raw: dict, prefix: str):
-    """An instance of dataclass ``cls`` from the table ``raw``; unknown keys and bad types raise."""
+def build_config(cls, raw: dict, prefix: str = ""):
+    """An instance of dataclass ``cls`` from the table ``raw``; unknown keys and bad types raise.
+
+    ``prefix`` is the dotted key of ``raw`` in the whole config ("" for the top level), for messages.
+    """
     if not isinstance(raw, dict):
         raise ValueError(f"config key {prefix} must be a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -157,7 +184,7 @@ def _build(cls, raw: dict, prefix: str):
         key = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
+            kwargs[name] = build_config(hint, value, key)
             continue
         kwargs[name] = _coerce(value, hint, key)
         if key in CHOICES and kwargs[name] not in CHOICES[key]:
@@ -192,8 +219,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """The resolved config: defaults ← TOML file ← ``--set`` overrides."""
+_build = build_config  # the name before it was public
+
+
+def load_table(path: str | Path | None = None, overrides=()) -> dict:
+    """The raw table of a TOML file (``{}`` without one) with the ``--set`` overrides applied."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -203,7 +233,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"config file {path} is not valid TOML: {e}") from None
-    return _build(Config, apply_overrides(raw, list(overrides)), "")
+    return apply_overrides(raw, list(overrides))
+
+
+def task_of(raw: dict) -> str:
+    """The task a raw config table describes: its ``task`` key. A table without one (written
+    before the key existed) is an LM config when it has keys only LM configs have."""
+    task = raw.get("task")
+    if task is None:
+        return "lm" if any(isinstance(raw.get(s), dict) and k in raw[s] for s, k in LM_KEYS) else "speech"
+    if task not in TASKS:
+        raise ValueError(f"config key task = {task!r} is not one of {', '.join(TASKS)}")
+    return task
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The resolved config: defaults ← TOML file ← ``--set`` overrides."""
+    return build_config(Config, load_table(path, overrides))
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -212,14 +258,9 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def config_from_dict(d: dict) -> Config:
-    return _build(Config, json.loads(json.dumps(d)), "")
+    return build_config(Config, json.loads(json.dumps(d)))
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as JSON (None values included, which TOML cannot hold)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(config_to_dict(cfg), path)

@@ -2,53 +2,32 @@
 
 The paper reports each model's CER with its number of nonzero parameters and its sparsity
 against the dense model of the same width (PAPER.md §6, §8); ``final_report`` gathers exactly
-those, plus the per-layer sparsity table of the sparsity core, and writes them as JSON.
+those, plus the per-layer sparsity table of the sparsity core (the loop writes them as JSON).
+
+What is evaluated is built in ``build.py`` (datasets, model); ``manifest_for``, ``open_dataset``
+and ``model_from_config`` stay importable from here, where they once lived, and ``write_json``
+is ``bsrnn.atomic.write_json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bsrnn.data.batching import SpeechDataset, collate
-from bsrnn.data.features import FeatureStats, SpecAugment
+from bsrnn.atomic import write_json  # noqa: F401 (this module's name for it, used by callers)
+from bsrnn.data.batching import collate
+from bsrnn.data.features import FeatureStats
 from bsrnn.data.text import decode
-from bsrnn.models import DeepSpeech2, build_model, count_parameters
+from bsrnn.models import DeepSpeech2, count_parameters
 
-from .config import Config, DataConfig, ModelConfig, config_from_dict
+from .build import manifest_for, model_from_config, open_dataset  # noqa: F401 (manifest_for: old import name)
+from .checkpoint import load_checkpoint
+from .config import Config, config_from_dict
 from .metrics import error_rates, greedy_decode
-
-
-def manifest_for(data: DataConfig, split: str) -> Path:
-    """A split name (``test``) means ``<corpus>/<split>.jsonl``; anything with a suffix or a
-    slash is a manifest path already."""
-    path = Path(split) if (split.endswith(".jsonl") or "/" in split) else Path(data.corpus) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} for split {split!r} does not exist; generate the corpus "
-                                f"with `bsrnn data synth {data.corpus}` or set data.corpus")
-    return path
-
-
-def open_dataset(data: DataConfig, split: str, stats: FeatureStats, *, spec_augment: bool = False,
-                 limit: int = 0) -> SpeechDataset:
-    cache = data.cache_dir or str(Path(data.corpus) / "features")
-    ds = SpeechDataset(manifest_for(data, split), stats, cache_dir=cache,
-                       spec_augment=SpecAugment() if spec_augment else None)
-    if limit and limit < len(ds):
-        ds = torch.utils.data.Subset(ds, range(limit))
-        ds.lengths = ds.dataset.lengths[:limit]
-    return ds
-
-
-def model_from_config(m: ModelConfig) -> DeepSpeech2:
-    return build_model(m.preset, rnn_type=m.rnn_type, hidden=m.hidden, layers=m.layers,
-                       bidirectional=m.bidirectional, lookahead=m.lookahead, fc_dim=m.fc_dim,
-                       conv_channels=m.conv_channels)
 
 
 @torch.no_grad()
@@ -101,27 +80,12 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(obj: dict, path: str | Path) -> Path:
-    """Atomic JSON write (NaN/inf become null so any JSON reader accepts the file)."""
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
 def evaluate_checkpoint(checkpoint: str | Path, splits: list[str], *, corpus: str | None = None) -> dict:
     """``bsrnn eval``: rebuild the model of a checkpoint and score it on splits or manifests."""
-    from .checkpoint import load_checkpoint
     ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("kind") == "lm":
+        raise ValueError(f"checkpoint {checkpoint} is a language-model checkpoint; its report.json has its "
+                         "valid/test quality, and bsrnn lm-sample samples from it")
     cfg = config_from_dict(json.loads(ckpt["config"]))
     if corpus:
         cfg.data.corpus = corpus

@@ -1,10 +1,13 @@
 """Language-model training: truncated BPTT with a sparsity method, evaluation, sampling.
 
 The LM side of issue 6 (BSRNN §1, §6): the speech loop's machinery (typed TOML config with
-``--set`` overrides, atomic weights-only checkpoints, CSV/TensorBoard logs, ``build_method``)
-around one visible loop. The training stream is cut into ``batch_size`` contiguous columns; each
-step reads the next ``bptt`` rows, carries the hidden state over from the previous window
-(detached: gradients stop at the boundary) and resets it at each epoch start:
+``--set`` overrides; ``engine.py``'s checkpoints, resume and optimizer update with its
+non-finite guard; CSV/TensorBoard logs; ``build_method``) around one visible loop. An LM config
+says ``task = "lm"`` at its top, so that ``bsrnn train`` runs this loop as ``bsrnn lm-train`` does.
+
+The training stream is cut into ``batch_size`` contiguous columns; each step reads the next
+``bptt`` rows, carries the hidden state over from the previous window (detached: gradients stop
+at the boundary) and resets it at each epoch start:
 
     window → forward → cross-entropy + ``method.penalty()`` → backward → clip → ``optimizer.step()``
     → ``method.step(step)`` → log
@@ -22,20 +25,21 @@ import dataclasses
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bsrnn.atomic import write_json
 from bsrnn.data.textcorpus import TextCorpus, Vocab, build_corpus
 from bsrnn.models.lm import RecurrentLM, count_params, detach_state
 from bsrnn.sparsity import SparsityConfig, build_method
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import LogConfig, OptimConfig, _build, apply_overrides
-from .loop import TrainingDiverged, make_optimizer, seed_everything
+from .checkpoint import load_checkpoint
+from .config import LogConfig, OptimConfig, build_config, check_task, load_table
+from .engine import TrainingDiverged  # noqa: F401 (importable from here, as before the engine)
+from .engine import Checkpointer, TrainStep, make_optimizer, prepare_run_dir, seed_everything
 from .metrics import RunLog
 
 
@@ -98,19 +102,22 @@ class LMConfig:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
     log: LogConfig = field(default_factory=lambda: LogConfig(every=20))
+    task: str = "lm"  # top-level key: lm (this config) | speech (bsrnn.train.config.Config)
+
+    def __post_init__(self):
+        check_task(self.task, "lm")
+
+
+# What a resumed run may change: where it stops, how it logs and evaluates, how many threads it
+# uses, where the corpus cache is (evaluation draws no random numbers and leaves the model as it was).
+LM_RESUME_FREE = {"train": {"max_steps", "resume", "threads", "checkpoint_every", "max_bad_batches", "run_dir",
+                            "eval_every", "eval_tokens", "eval_batch"},
+                  "log": None, "data": {"cache_dir"}}
 
 
 def load_lm_config(path: str | Path | None = None, overrides=()) -> LMConfig:
     """Defaults ← TOML file ← ``--set`` overrides, type-checked like the speech config."""
-    raw: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
-    return _build(LMConfig, apply_overrides(raw, list(overrides)), "")
+    return build_config(LMConfig, load_table(path, overrides))
 
 
 def lm_config_to_dict(cfg: LMConfig) -> dict:
@@ -185,9 +192,8 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
 
     ``on_step(step, model, method)`` is called after every completed step (tests, monitoring).
     """
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(lm_config_to_dict(cfg), run_dir / "config.json")  # the resolved config beside the outputs
+    run_dir = prepare_run_dir(cfg.train.run_dir)
+    write_json(lm_config_to_dict(cfg), run_dir / "config.json")  # the resolved config beside the outputs
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -199,29 +205,22 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
     method = build_method(model, cfg.sparsity, steps_per_epoch=per_epoch, total_steps=cfg.train.steps,
                           optimizer=optimizer)
     pos = {"step": 0, "bad_batches": 0, "seconds": 0.0, "best_key": [math.inf, math.inf]}
-    state = None
-    last = run_dir / "last.pt"
-    if cfg.train.resume and last.is_file():
-        ckpt = load_checkpoint(last)
-        saved = json.loads(ckpt["config"])
-        for table in ("data", "model"):  # other weights or another corpus cannot continue this run
-            if saved[table] != lm_config_to_dict(cfg)[table]:
-                raise ValueError(f"{last} was trained with a different [{table}] table; use another "
-                                 f"train.run_dir, or train.resume=false to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        method.load_state_dict(ckpt["sparsity"])
-        pos, state = dict(ckpt["position"]), ckpt["hidden"]
-        state = tuple(state) if isinstance(state, list) else state
-        set_rng_state(ckpt["rng"])
+    state = None  # the hidden state carried from one window to the next
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint({"kind": "lm", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": {"lr": lr_at(pos["step"], cfg.optim.lr, cfg.train)},
-                         "sparsity": method.state_dict(), "position": dict(pos),
-                         "hidden": list(state) if isinstance(state, tuple) else state, "rng": rng_state(),
-                         "vocab": corpus.vocab.itos, "level": corpus.vocab.level,
-                         "config": json.dumps(lm_config_to_dict(cfg))}, path)
+    def extra() -> dict:  # what an LM checkpoint holds besides the shared state
+        return {"kind": "lm", "hidden": list(state) if isinstance(state, tuple) else state,
+                "vocab": corpus.vocab.itos, "level": corpus.vocab.level}
+
+    checkpoints = Checkpointer(run_dir, model=model, optimizer=optimizer, method=method,
+                               config=lm_config_to_dict(cfg), extra=extra)
+    resumed = checkpoints.resume(LM_RESUME_FREE, defaults=lm_config_to_dict(LMConfig())) if cfg.train.resume else None
+    if resumed is not None:
+        pos, state = dict(resumed["position"]), resumed["hidden"]
+        state = tuple(state) if isinstance(state, list) else state
+    trainer = TrainStep(model, optimizer, method, lr_at=lambda step: lr_at(step, cfg.optim.lr, cfg.train),
+                        grad_clip=cfg.optim.grad_clip, max_bad_batches=cfg.train.max_bad_batches,
+                        units=("window", "windows"), advice="lower optim.lr or optim.grad_clip",
+                        last=checkpoints.last)
 
     log = LMLog(run_dir, tensorboard=cfg.log.tensorboard)
     started, seconds0, window_losses = time.perf_counter(), pos["seconds"], []
@@ -232,34 +231,18 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
             index = step % per_epoch
             if index == 0:
                 state = None  # a new pass over the stream starts from a zero state
-            lr = lr_at(step, cfg.optim.lr, cfg.train)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = trainer.set_lr(step)
 
             # --- the training step -----------------------------------------------------------
             x, y = window(data, index, cfg.train.bptt)  # (T, N), (T, N)
-            logits, new_state = model(x, detach_state(state))  # (T, N, V)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            with trainer.forward():
+                logits, new_state = model(x, detach_state(state))  # (T, N, V)
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             penalty = method.penalty()
-            loss = ce + penalty
-            optimizer.zero_grad(set_to_none=True)
-            grad_norm = math.nan
-            if torch.isfinite(loss):
-                loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf))
-            if math.isfinite(grad_norm):
-                optimizer.step()
-                method.step(step)  # masks updated on schedule and applied in place
+            done = trainer.update(ce + penalty, step, pos)  # masks updated on schedule
+            if done.ok:  # a skipped window does not advance the carried state
                 state = detach_state(new_state)
                 window_losses.append(float(ce.detach()))
-            else:  # a NaN/inf loss or gradient never touches the weights; the state is not advanced
-                optimizer.zero_grad(set_to_none=True)
-                pos["bad_batches"] += 1
-                if pos["bad_batches"] > cfg.train.max_bad_batches:
-                    raise TrainingDiverged(
-                        f"training stopped at step {step}: {pos['bad_batches']} windows had a non-finite loss or "
-                        f"gradient (limit train.max_bad_batches = {cfg.train.max_bad_batches}); lower optim.lr "
-                        f"or optim.grad_clip; {last} holds the last good state")
             pos["step"] = step + 1
             pos["seconds"] = seconds0 + time.perf_counter() - started
             # ---------------------------------------------------------------------------------
@@ -269,7 +252,7 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
             if pos["step"] % cfg.log.every == 0 and window_losses:
                 mean = sum(window_losses) / len(window_losses)
                 log.write(pos["step"], "train", epoch=pos["step"] / per_epoch, loss=mean, bits=mean / math.log(2),
-                          penalty=float(penalty.detach()), lr=lr, grad_norm=grad_norm, sparsity=method.sparsity(),
+                          penalty=float(penalty.detach()), lr=lr, grad_norm=done.grad_norm, sparsity=method.sparsity(),
                           bad_batches=pos["bad_batches"], seconds=pos["seconds"])
                 window_losses = []
             if pos["step"] % cfg.train.eval_every == 0 or pos["step"] == cfg.train.steps:
@@ -280,14 +263,11 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
                 if cfg.log.progress:
                     print(f"step {pos['step']}/{cfg.train.steps}: valid {v['bits']:.3f} bits/token, "
                           f"sparsity {method.sparsity():.3f}, {pos['seconds']:.0f} s", flush=True)
-                key = [-round(method.sparsity(), 3), v["loss"]]  # best among the sparsest states
-                if key < pos["best_key"]:
-                    pos["best_key"] = key
-                    checkpoint(run_dir / "best.pt")
+                checkpoints.save_if_best(pos, method.sparsity(), v["loss"])
             if pos["step"] % cfg.train.checkpoint_every == 0 or pos["step"] == cfg.train.steps:
-                checkpoint(last)
+                checkpoints.save(pos)
             if cfg.train.max_steps and pos["step"] >= cfg.train.max_steps and pos["step"] < cfg.train.steps:
-                checkpoint(last)
+                checkpoints.save(pos)
                 return {"stopped_at": dict(pos), "run_dir": str(run_dir)}
     finally:
         log.close()
@@ -304,14 +284,8 @@ def final_report(cfg: LMConfig, model, method, corpus: TextCorpus, pos: dict, ru
               "sparsity": method.report().to_dict(), "steps": pos["step"], "bad_batches": pos["bad_batches"],
               "train_seconds": pos["seconds"], "level": corpus.vocab.level, **{
                   f"{name}_{k}": v[k] for name, v in splits.items() for k in ("loss", "ppl", "bits")}}
-    _write_json(report, run_dir / "report.json")
+    write_json(report, run_dir / "report.json")
     return report
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")  # write-then-rename: never a half-written file
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -339,7 +313,7 @@ def load_lm(path: str | Path) -> tuple[RecurrentLM, Vocab, LMConfig]:
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "lm":
         raise ValueError(f"checkpoint {path} is not a language-model checkpoint (written by bsrnn lm-train)")
-    cfg = _build(LMConfig, json.loads(ckpt["config"]), "")
+    cfg = build_config(LMConfig, json.loads(ckpt["config"]))
     vocab = Vocab(ckpt["vocab"], ckpt["level"])
     model = model_from_config(cfg.model, len(vocab))
     model.load_state_dict(ckpt["model"])

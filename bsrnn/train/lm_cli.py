@@ -2,38 +2,37 @@
 
 ``register(subparsers)`` adds both commands (the ``bsrnn`` index lists this module); the module
 is wired into the ``bsrnn`` command line (``bsrnn lm-train --config configs/lm_char_lstm.toml``).
-``is_lm_config`` lets ``bsrnn train`` hand a language-model config to ``lm_train``.
+``bsrnn train`` hands a config whose ``task`` is ``"lm"`` to ``lm_train`` (``config.task_of``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
-from pathlib import Path
 
-# Keys only a language-model config has (the speech config's [data] names a corpus of manifests).
-LM_KEYS = (("data", "source"), ("data", "level"), ("train", "bptt"), ("model", "emb"), ("model", "tie"))
+
+def __getattr__(name: str):
+    if name == "LM_KEYS":  # defined here before the task key; now bsrnn.train.config.LM_KEYS
+        from .config import LM_KEYS
+        return LM_KEYS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_lm_config(path: str | None, overrides=()) -> bool:
-    """Whether ``bsrnn train --config path --set overrides`` describes a language model."""
-    from .config import parse_override
-    try:
-        raw = tomllib.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
-    except tomllib.TOMLDecodeError:
-        raw = {}  # not ours to report: the speech loader names the bad file
-    keys = {tuple(parse_override(o)[0][:2]) for o in overrides}
-    return any(k in keys or k[1] in raw.get(k[0], {}) for k in LM_KEYS)
+    """Whether ``bsrnn train --config path --set overrides`` describes a language model
+    (``task = "lm"``, or in a config older than the key, keys only LM configs have)."""
+    from .config import load_table, task_of  # imported when used: ``bsrnn --help`` stays fast
+    return task_of(load_table(path, overrides)) == "lm"
 
 
 def lm_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointWriteError
+    from .engine import TrainingDiverged
     from .lm import load_lm_config, train_lm
-    from .loop import TrainingDiverged
     cfg = load_lm_config(args.config, args.set or [])
     try:
         report = train_lm(cfg)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointWriteError) as e:  # the run stops; its last checkpoint is whole
         print(f"bsrnn: error: {e}", file=sys.stderr)
         return 1
     if "stopped_at" in report:

@@ -14,33 +14,34 @@ straight from the sampler (a ``DataLoader`` would draw a seed from the global RN
 
 Under ``torchrun`` the same loop runs data-parallel (``distributed.py``): each rank trains on its
 shard of every global batch, and N ranks train the model one process would (to float tolerance).
+
+What this loop shares with the language-model loop (``lm.py``) is in ``engine.py``: checkpoints
+and resume, the learning-rate setting, and the optimizer update with its non-finite-batch guard.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from bsrnn.data.batching import BucketBatchSampler, compute_stats
-from bsrnn.data.features import FeatureStats
+from bsrnn.data.batching import BucketBatchSampler
 from bsrnn.sparsity import build_method
 
 from . import distributed
-from .checkpoint import load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
+from .build import feature_stats, model_from_config, open_dataset
 from .config import Config, OptimConfig, ScheduleConfig, config_to_dict, save_config
-from .evaluate import evaluate, final_report, format_report, manifest_for, model_from_config, open_dataset, write_json
+# TrainingDiverged, make_optimizer, seed_everything, feature_stats: also importable from here,
+# where they once lived
+from .engine import (Checkpointer, TrainingDiverged, TrainStep, make_optimizer, prepare_run_dir,  # noqa: F401
+                     seed_everything)
+from .engine import check_resumable as _check_resumable
+from .evaluate import evaluate, final_report, format_report, write_json
 from .metrics import RunLog
 
-
-class TrainingDiverged(RuntimeError):
-    """Too many batches had a non-finite loss or gradient."""
+__all__ = ["train", "lr_at", "TrainingDiverged", "RESUME_FREE"]
 
 
 def lr_at(step: int, optim: OptimConfig, sched: ScheduleConfig, steps_per_epoch: int) -> float:
@@ -52,44 +53,14 @@ def lr_at(step: int, optim: OptimConfig, sched: ScheduleConfig, steps_per_epoch:
     return optim.lr * warm * sched.decay_factor ** n_decays
 
 
-def make_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if optim.name == "sgd":  # the paper's optimizer
-        return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=True,
-                               weight_decay=optim.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-
-
-def feature_stats(cfg: Config, run_dir: Path) -> FeatureStats:
-    """Normalisation statistics of the training split, computed once and kept in the run directory."""
-    path = run_dir / "stats.json"
-    if path.is_file():
-        return FeatureStats.load(path)
-    cache = cfg.data.cache_dir or str(Path(cfg.data.corpus) / "features")
-    compute_stats(manifest_for(cfg.data, cfg.data.train), cache_dir=cache).save(path)
-    return FeatureStats.load(path)  # a resumed run reads the file: use exactly what it will read
-
-
 # What a resumed run may change: where it stops, how it logs, how many threads it uses.
 RESUME_FREE = {"train": {"max_steps", "resume", "threads", "checkpoint_every", "max_bad_batches", "run_dir"},
                "log": None, "data": {"cache_dir", "corpus"}}
 
 
-def check_resumable(saved: dict, current: dict, path: Path) -> None:
-    """Refuse to continue a run under a config that would make it a different run."""
-    for section, values in current.items():
-        free = RESUME_FREE.get(section, set())
-        if free is None:
-            continue
-        for key, value in values.items():
-            if key not in free and saved.get(section, {}).get(key) != value:
-                raise ValueError(f"{path} was trained with {section}.{key} = {saved.get(section, {}).get(key)!r}, "
-                                 f"not {value!r}; use another train.run_dir, or train.resume=false to start over")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def check_resumable(saved: dict, current: dict, path) -> None:
+    """Refuse to continue a speech run under a config that would make it a different run."""
+    _check_resumable(saved, current, path, RESUME_FREE, config_to_dict(Config()))
 
 
 def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
@@ -107,11 +78,8 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
 
 def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) -> dict:
-    run_dir = Path(cfg.train.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"train.run_dir {run_dir} is a file, not a directory; name a new or existing directory")
-    if ctx.is_main:  # rank 0 alone writes; the others wait for its files at the barriers
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = prepare_run_dir(cfg.train.run_dir, create=ctx.is_main)  # rank 0 alone writes; the
+    if ctx.is_main:                                                   # others wait at the barriers
         save_config(cfg, run_dir / "config.json")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -140,28 +108,21 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
     pos = {"step": 0, "epoch": 0, "batch": 0, "bad_batches": 0, "best_key": [math.inf, math.inf],
            "dev_cer": [], "sparsity": [], "seconds": []}  # per-epoch history
 
-    last = run_dir / "last.pt"
-    if ctx.is_main:  # a writer killed mid-write (SIGKILL) left its temporary; the checkpoint is whole
-        for path in (last, run_dir / "best.pt"):
-            remove_stale_temporaries(path)
-    if cfg.train.resume and last.is_file():
-        ckpt = load_checkpoint(last)
-        check_resumable(json.loads(ckpt["config"]), config_to_dict(cfg), last)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        method.load_state_dict(ckpt["sparsity"])
-        pos = dict(ckpt["position"])
-        set_rng_state(ckpt["rng"])
-        tqdm.write(f"resumed {last} at epoch {pos['epoch']}, batch {pos['batch']} (step {pos['step']})")
+    checkpoints = Checkpointer(run_dir, model=model, optimizer=optimizer, method=method,
+                               config=config_to_dict(cfg), writer=ctx.is_main)
+    resumed = checkpoints.resume(RESUME_FREE, defaults=config_to_dict(Config())) if cfg.train.resume else None
+    if resumed is not None:  # every rank restores the same state
+        pos = dict(resumed["position"])
+        tqdm.write(f"resumed {checkpoints.last} at epoch {pos['epoch']}, batch {pos['batch']} (step {pos['step']})")
+    trainer = TrainStep(model, optimizer, method,
+                        lr_at=lambda step: lr_at(step, cfg.optim, cfg.schedule, steps_per_epoch),
+                        grad_clip=cfg.optim.grad_clip, max_bad_batches=cfg.train.max_bad_batches,
+                        units=("batch", "batches"), advice="lower optim.lr or check the data",
+                        last=checkpoints.last)
 
-    def checkpoint(path: Path) -> None:
-        if not ctx.is_main:
-            return
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": {"lr": lr_at(pos["step"], cfg.optim, cfg.schedule, steps_per_epoch)},
-                         "sparsity": method.state_dict(), "position": dict(pos), "rng": rng_state(),
-                         "sampler": {"seed": cfg.train.seed, "epoch": pos["epoch"], "skip": pos["batch"]},
-                         "config": json.dumps(config_to_dict(cfg))}, path)
+    def checkpoint() -> None:  # last.pt, then every rank goes on together
+        checkpoints.save(pos)
+        distributed.barrier(ctx)
 
     forward = distributed.wrap(model, ctx)  # DDP all-reduces the gradients in backward
     log = RunLog(run_dir, tensorboard=cfg.log.tensorboard) if ctx.is_main else None
@@ -177,45 +138,24 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
                        unit="batch", disable=not (cfg.log.progress and ctx.is_main), dynamic_ncols=True)
             for indices in bar:
                 step = pos["step"]
-                lr = lr_at(step, cfg.optim, cfg.schedule, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                lr = trainer.set_lr(step)
 
                 # --- the training step ---------------------------------------------------------
                 # Every rank reads the whole global batch (SpecAugment's RNG draws stay those of one
                 # process) and trains on its shard of it.
                 feats, feat_lens, targets, target_lens, _ = distributed.collate_shard(
                     [train_set[i] for i in indices], ctx)
-                buffers = [b.clone() for b in model.buffers()]  # BN statistics, restored if the batch is bad
-                log_probs, out_lens = forward(feats, feat_lens)  # (T', N, 29), (N,)
-                ctc = distributed.ctc_loss(log_probs, targets, out_lens, target_lens, len(indices), ctx)
+                with trainer.forward():
+                    log_probs, out_lens = forward(feats, feat_lens)  # (T', N, 29), (N,)
+                    ctc = distributed.ctc_loss(log_probs, targets, out_lens, target_lens, len(indices), ctx)
                 penalty = method.penalty()  # in full on every rank: DDP's average leaves it unchanged
                 loss = ctc + penalty
-                optimizer.zero_grad(set_to_none=True)
-                grad_norm = math.nan
+                # A batch is skipped on every rank or on none (a NaN on one rank skips it everywhere).
                 ctc_value, finite = distributed.agree_on_batch(ctc, float(loss.detach()), ctx)
-                if finite:
-                    loss.backward()
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                     cfg.optim.grad_clip or math.inf))
-                if math.isfinite(grad_norm):
-                    optimizer.step()
-                    if method.step(step) and ctx.enabled:  # prune on schedule; masks applied in place
-                        distributed.verify_same("sparsity masks", method.masks.state_dict(), step, ctx)
-                        distributed.verify_same("weights", model.state_dict(), step, ctx)
-                else:  # a NaN/inf loss or gradient: skip this batch, never let it touch the model
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for b, saved in zip(model.buffers(), buffers):
-                            b.copy_(saved)
-                    pos["bad_batches"] += 1
-                    tqdm.write(f"step {step}: non-finite loss/gradient, batch skipped "
-                               f"({pos['bad_batches']} so far)")
-                    if pos["bad_batches"] > cfg.train.max_bad_batches:
-                        raise TrainingDiverged(
-                            f"training stopped at step {step}: {pos['bad_batches']} batches had a non-finite "
-                            f"loss or gradient (limit train.max_bad_batches = {cfg.train.max_bad_batches}); "
-                            f"lower optim.lr or check the data; {last} holds the last good state")
+                done = trainer.update(loss, step, pos, finite=finite)  # masks updated on schedule
+                if done.masks_changed and ctx.enabled:
+                    distributed.verify_same("sparsity masks", method.masks.state_dict(), step, ctx)
+                    distributed.verify_same("weights", model.state_dict(), step, ctx)
                 pos["step"], pos["batch"] = step + 1, pos["batch"] + 1
                 # ---------------------------------------------------------------------------------
 
@@ -224,17 +164,15 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
                 if pos["step"] % cfg.log.every == 0 and window and log is not None:
                     log.write(pos["step"], "train", epoch=epoch + pos["batch"] / steps_per_epoch,
                               loss=sum(window) / len(window), penalty=float(penalty.detach()), lr=lr,
-                              grad_norm=grad_norm, sparsity=method.sparsity(), bad_batches=pos["bad_batches"],
+                              grad_norm=done.grad_norm, sparsity=method.sparsity(), bad_batches=pos["bad_batches"],
                               seconds=time.perf_counter() - started)
                     bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", lr=f"{lr:.2e}",
                                     sparsity=f"{method.sparsity():.2f}")
                     window = []
                 if pos["batch"] < steps_per_epoch and pos["step"] % cfg.train.checkpoint_every == 0:
-                    checkpoint(last)
-                    distributed.barrier(ctx)
+                    checkpoint()
                 if cfg.train.max_steps and pos["step"] >= cfg.train.max_steps:
-                    checkpoint(last)
-                    distributed.barrier(ctx)
+                    checkpoint()
                     bar.close()
                     return {"stopped_at": dict(pos), "run_dir": str(run_dir)}
             bar.close()
@@ -253,14 +191,10 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
             tqdm.write(f"epoch {epoch + 1}: dev CER {dev['cer']:.2f}%  WER {dev['wer']:.2f}%  "
                        f"loss {dev['loss']:.3f}  sparsity {method.sparsity():.3f}  "
                        f"e.g. {dev['examples'][0]['hyp']!r}")
-            checkpoint(last)
-            # Best = lowest dev CER among the sparsest states, so a pruned run's best.pt is at its
-            # final sparsity rather than an earlier, denser epoch.
-            key = [-round(method.sparsity(), 3), dev["cer"]]
-            if key < pos["best_key"]:
-                pos["best_key"] = key
-                checkpoint(run_dir / "best.pt")
-            distributed.barrier(ctx)
+            # best.pt first, so that last.pt carries the updated best key (a run resumed from it
+            # judges the next epochs against the same best as the uninterrupted run)
+            checkpoints.save_if_best(pos, method.sparsity(), dev["cer"])
+            checkpoint()
     finally:
         if log is not None:
             log.close()

@@ -69,6 +69,36 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, method):
     assert resumed["test_loss"] == whole["test_loss"] and resumed["sparsity"] == whole["sparsity"]
 
 
+def test_a_checkpoint_with_the_dropped_scheduler_and_sampler_entries_still_resumes(tmp_path, corpus):
+    # Checkpoints once carried "scheduler" and "sampler" entries that nothing read; one written
+    # so must load and resume exactly as a current one does.
+    from bsrnn.train.checkpoint import load_checkpoint, save_checkpoint
+    sets = ["sparsity.method=bp", "sparsity.target=0.5", "sparsity.freq=2", "sparsity.start=2", "sparsity.ramp=4",
+            "sparsity.end=8"]
+    whole = train_lm(tiny(tmp_path, corpus, "whole", *sets))
+    train_lm(tiny(tmp_path, corpus, "old", *sets, "train.max_steps=5"))
+    last = tmp_path / "old" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert "scheduler" not in ckpt and "sampler" not in ckpt
+    save_checkpoint({**ckpt, "scheduler": {"lr": 1e-3}, "sampler": {"seed": 0, "epoch": 0, "skip": 5}}, last)
+    assert "scheduler" in torch.load(last, weights_only=True)  # on disk as an old checkpoint had it
+    resumed = train_lm(tiny(tmp_path, corpus, "old", *sets))
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert resumed["test_loss"] == whole["test_loss"]
+
+
+def test_resuming_under_a_config_that_changes_the_run_is_refused(tmp_path, corpus):
+    train_lm(tiny(tmp_path, corpus, "r", "train.max_steps=4"))
+    with pytest.raises(ValueError, match=r"last.pt was trained with optim.lr = 0.002, not 0.01; use another"):
+        train_lm(tiny(tmp_path, corpus, "r", "optim.lr=0.01"))
+    # where it stops, how often it evaluates and checkpoints may change
+    report = train_lm(tiny(tmp_path, corpus, "r", "train.eval_every=6", "train.checkpoint_every=3"))
+    assert report["steps"] == 12
+
+
 def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, corpus):
     cfg = tiny(tmp_path, corpus, "nan", "optim.lr=inf", "train.warmup_steps=0",
                "train.max_bad_batches=3")  # the first step blows the weights up to inf/NaN
@@ -109,10 +139,12 @@ def test_cli_trains_samples_and_reports_bad_input(tmp_path, corpus, capsys):
     assert lm_main(["lm-train", "--set", "train.stepz=1"]) == 2
     assert "config key train.stepz is unknown" in capsys.readouterr().err
     assert lm_main(["lm-train", "--config", str(cfg_path), "--set", *sets, "model.hidden=32"]) == 2
-    assert "was trained with a different [model] table" in capsys.readouterr().err  # not a shape traceback
+    # one sentence naming the key, not a shape traceback
+    assert "last.pt was trained with model.hidden = 16, not 32; use another train.run_dir" in capsys.readouterr().err
 
 
-def test_shipped_lm_configs_load_and_are_recognised_as_lm():
+def test_shipped_lm_configs_load_and_name_their_task():
+    import tomllib
     from pathlib import Path
 
     from bsrnn.train.lm_cli import is_lm_config
@@ -121,10 +153,44 @@ def test_shipped_lm_configs_load_and_are_recognised_as_lm():
     for path in configs:
         cfg = load_lm_config(path)
         assert cfg.sparsity.exclude == ["decoder.*"], path  # the output layer is never pruned (paper §5)
+        assert tomllib.loads(path.read_text())["task"] == "lm" == cfg.task, path
         assert is_lm_config(str(path))
     speech = Path(__file__).resolve().parents[2] / "configs" / "main_dense.toml"
     assert not is_lm_config(str(speech)) and not is_lm_config(None, ["optim.lr=1e-3"])
-    assert is_lm_config(None, ["data.level=word"])
+    assert is_lm_config(None, ["task=lm"])
+
+
+def test_the_task_key_decides_and_configs_older_than_it_still_work(tmp_path):
+    from bsrnn.train import config, lm_cli
+    from bsrnn.train.config import load_config, task_of
+    from bsrnn.train.lm_cli import is_lm_config
+    assert lm_cli.LM_KEYS is config.LM_KEYS  # the old home of the LM-only keys
+    old = tmp_path / "old_lm.toml"  # an LM config from before the task key: recognised by its LM-only keys
+    old.write_text('[data]\nsource = "text"\nlevel = "word"\n[train]\nbptt = 16\n')
+    assert is_lm_config(str(old)) and is_lm_config(None, ["data.level=word"])
+    assert load_lm_config(old).task == "lm" and load_lm_config(old).train.bptt == 16
+    assert task_of({"task": "speech", "data": {"source": "text"}}) == "speech"  # the key wins over the sniff
+    with pytest.raises(ValueError, match=r"^config key task = 'vision' is not one of speech, lm$"):
+        task_of({"task": "vision"})
+    with pytest.raises(ValueError, match=r"^config key task = 'lm': this is a lm config, not a speech one; train it "
+                                         r"with bsrnn train \(which reads the task\) or load it with "
+                                         r"bsrnn.train.lm.load_lm_config$"):
+        load_config(None, ["task=lm"])
+    with pytest.raises(ValueError, match=r"config key task = 'speech': this is a speech config, not a lm one"):
+        load_lm_config(None, ["task=speech"])
+
+
+def test_bsrnn_train_runs_an_lm_config_by_its_task(tmp_path, corpus, capsys):
+    cfg_path = tmp_path / "lm.toml"
+    cfg_path.write_text('task = "lm"\n[train]\nsteps = 4\n')
+    sets = [f"data.path={json.dumps(str(corpus))}", f"train.run_dir={json.dumps(str(tmp_path / 'run'))}",
+            f"data.cache_dir={json.dumps(str(tmp_path / 'c'))}", "model.hidden=16", "train.batch_size=4",
+            "log.tensorboard=false", "log.progress=false"]
+    assert lm_main(["train", "--config", str(cfg_path), "--set", "data.source=text", *sets]) == 0
+    assert "bits/char" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["steps"] == 4
+    assert lm_main(["eval", str(tmp_path / "run" / "last.pt")]) == 2  # a speech command on an LM checkpoint
+    assert "is a language-model checkpoint" in capsys.readouterr().err
 
 
 def test_word_level_gru_with_tied_weights_trains_and_samples_words(tmp_path, corpus):

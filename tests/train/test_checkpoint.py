@@ -15,7 +15,7 @@ def _state(seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"model": {"w": torch.randn(64, 64, generator=g), "b": torch.zeros(3)},
             "optimizer": {"state": {0: {"step": torch.tensor(5.0)}}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}]},
-            "scheduler": {"lr": 1e-3}, "sparsity": {"masks": {"w": torch.ones(64, 64, dtype=torch.bool)}},
+            "sparsity": {"masks": {"w": torch.ones(64, 64, dtype=torch.bool)}},
             "position": {"step": 7, "epoch": 1, "batch": 2}, "rng": rng_state(), "config": "{}"}
 
 
@@ -87,3 +87,17 @@ def test_rng_states_round_trip_exactly():
     set_rng_state(state)
     again = (random.random(), np.random.standard_normal(), torch.rand(3))
     assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+def test_entries_older_checkpoints_carried_load_and_are_dropped(tmp_path):
+    # "scheduler" (the LR is a function of the step) and "sampler" (its place is in "position")
+    # were written and never read; a checkpoint that has them loads as one without them.
+    old = {**_state(), "scheduler": {"lr": 1e-3}, "sampler": {"seed": 0, "epoch": 1, "skip": 2}}
+    ckpt = load_checkpoint(save_checkpoint(old, tmp_path / "old.pt"))
+    assert "scheduler" not in ckpt and "sampler" not in ckpt and ckpt["position"] == old["position"]
+    new = load_checkpoint(save_checkpoint(_state(), tmp_path / "new.pt"))
+    assert new.keys() == ckpt.keys()
+    # the digest still covers them: a damaged old entry is an error, not silently dropped
+    torch.save({**old, "format": FORMAT, "sha256": "0" * 64}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="is damaged"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -82,3 +82,28 @@ def test_the_command_line_reports_config_errors_in_one_sentence(capsys):
     assert main(["train", "--set", "optim.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bsrnn: error: config key optim.lrr is unknown") and "Traceback" not in err
+
+
+def test_the_task_key_and_configs_written_before_it(tmp_path):
+    from bsrnn.train import config
+    assert load_config().task == "speech" and config_to_dict(load_config())["task"] == "speech"
+    old = config_to_dict(load_config(None, ["optim.lr=1e-3"]))
+    del old["task"]  # a config.json written before the key existed
+    assert config_from_dict(old).task == "speech" and config_from_dict(old).optim.lr == 1e-3
+    assert config.build_config is config._build  # public now; the old private name still works
+    cfg = config.build_config(config.OptimConfig, {"lr": 0.5}, "optim")
+    assert cfg.lr == 0.5 and cfg.name == "adam"
+    with pytest.raises(ValueError, match="config key optim.lrr is unknown"):
+        config.build_config(config.OptimConfig, {"lrr": 0.5}, "optim")
+
+
+def test_construction_lives_in_build_and_keeps_its_old_import_names():
+    import importlib
+
+    from bsrnn.train import build, loop
+    evaluate = importlib.import_module("bsrnn.train.evaluate")  # (bsrnn.train.evaluate is the function)
+    for name in ("manifest_for", "open_dataset", "model_from_config"):
+        assert getattr(evaluate, name) is getattr(build, name), name
+    assert loop.feature_stats is build.feature_stats
+    model = build.model_from_config(load_config(None, ["model.preset=gru32", "model.hidden=8"]).model)
+    assert model.spec.hidden == 8

@@ -103,6 +103,10 @@ def test_resuming_under_a_different_config_is_refused(corpus, tmp_path):
 def test_eval_command_scores_a_checkpoint(corpus, tmp_path):
     train(tiny(corpus, tmp_path / "run", "train.epochs=1", "log.tensorboard=true"))
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    # last.pt, written after best.pt at the epoch's end, knows the best so far (a run resumed
+    # from it compares the next epochs with the same best as the uninterrupted run)
+    best_key = load_checkpoint(tmp_path / "run" / "best.pt")["position"]["best_key"]
+    assert math.isfinite(best_key[1]) and load_checkpoint(tmp_path / "run" / "last.pt")["position"]["best_key"] == best_key
     assert (tmp_path / "run" / "stats.json").is_file() and (tmp_path / "run" / "config.json").is_file()
     out = evaluate_checkpoint(tmp_path / "run" / "best.pt", ["test", str(corpus / "dev.jsonl")])
     assert set(out["splits"]) == {"test", str(corpus / "dev.jsonl")}
