@@ -61,9 +61,25 @@ def _inference(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=go)
 
 
+def _training(p: argparse.ArgumentParser) -> None:
+    _common(p, "benchmarks/training")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over them)")
+    p.add_argument("--batch", type=int, default=24, help="utterances per batch (the main job's: 24)")
+    p.add_argument("--frames", type=int, default=230, help="feature frames per utterance")
+
+    def go(args):
+        from . import training
+
+        return _run_and_plot(training, args, rounds=args.rounds, batch=args.batch, frames=args.frames)
+
+    p.set_defaults(func=go)
+
+
 BENCHES = {
     "kernels": ("block-sparse × dense kernels vs dense and vs the roofline (paper figures 5-6)", _kernels),
     "inference": ("sparse GRU/RNN runtime vs torch.nn.GRU/RNN on the same weights", _inference),
+    "training": ("median training step by width, sparsity, precision and path (dense, masked, block-sparse), "
+                 "with peak memory", _training),
     "overhead": ("training-step cost of the sparsity methods (mask updates, mask application, group lasso)",
                  "bsrnn.bench.overhead"),
 }

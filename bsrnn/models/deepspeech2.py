@@ -34,6 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bsrnn.sparsity.report import count_parameters  # noqa: F401  (one counter for every model, re-exported)
 
+from .precision import PRECISIONS, autocast, dtype_of, fp32_region, resolve_recurrent
 from .recurrent import length_mask, padded_recurrent, reverse_within_lengths
 
 CLIP = 20.0  # clipped ReLU ceiling, min(max(x, 0), 20) (Deep Speech 2)
@@ -109,6 +110,8 @@ class ClippedReLURNN(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
+    mm_dtype: torch.dtype | None = None  # per-step product dtype (None: the weights'); the state stays fp32
+
     def _layer(self, x: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
         sfx = ("", "_reverse")[: self.dirs]
         w_ih = torch.cat([getattr(self, f"weight_ih_l{k}{s}") for s in sfx])  # (D*H, In)
@@ -118,12 +121,18 @@ class ClippedReLURNN(nn.Module):
         xw = F.linear(x, w_ih, b).view(t_max, n, self.dirs, self.hidden)  # (T, N, D, H)
         if self.dirs == 2:  # the reverse direction runs forward over each reversed utterance
             xw = torch.stack([xw[:, :, 0], reverse_within_lengths(xw[:, :, 1], lengths)], 2)
-        xw = xw.permute(0, 2, 1, 3)  # (T, D, N, H)
-        h = x.new_zeros(self.dirs, n, self.hidden)  # (D, N, H)
+        xw = xw.permute(0, 2, 1, 3).to(u_t.dtype)  # (T, D, N, H); bf16 under autocast → the state's dtype
+        h = xw.new_zeros(self.dirs, n, self.hidden)  # (D, N, H)
         outs = []
-        for t in range(t_max):
-            h = torch.clamp(torch.baddbmm(xw[t], h, u_t), 0.0, CLIP)  # (D, N, H)
-            outs.append(h)
+        mm = self.mm_dtype if self.mm_dtype not in (None, u_t.dtype) else None
+        u_mm = u_t.to(mm) if mm is not None else u_t
+        with torch.autocast(x.device.type, enabled=False):
+            for t in range(t_max):
+                if mm is None:
+                    h = torch.clamp(torch.baddbmm(xw[t], h, u_t), 0.0, CLIP)  # (D, N, H)
+                else:  # product in bf16, sum and state in fp32
+                    h = torch.clamp(xw[t] + torch.bmm(h.to(mm), u_mm), 0.0, CLIP)
+                outs.append(h)
         y = torch.stack(outs).permute(0, 2, 1, 3)  # (T, N, D, H)
         if self.dirs == 2:
             y = torch.stack([y[:, :, 0], reverse_within_lengths(y[:, :, 1], lengths)], 2)
@@ -168,6 +177,7 @@ class ModelSpec:
     lookahead: int = 0  # row convolution future context τ in frames; 0 = no row conv
     fc_dim: int = 0  # hidden fully connected layer width before the output; 0 = none
     conv_channels: int = 32
+    subsample: int = 1  # stack this many conv output frames into one (time stride ×k after the front end)
     n_mels: int = 80
     n_classes: int = 29  # CTC blank + 28 characters
 
@@ -201,13 +211,17 @@ class DeepSpeech2(nn.Module):
         if spec.rnn_type not in RNN_TYPES:
             raise ValueError(f"model rnn_type {spec.rnn_type!r} is not one of {', '.join(RNN_TYPES)}")
         self.spec = spec
+        if spec.subsample < 1:
+            raise ValueError(f"model subsample must be >= 1 (frames stacked after the conv front end), "
+                             f"not {spec.subsample}")
         self.conv = ConvFrontEnd(spec.n_mels, spec.conv_channels)
         dirs = 2 if spec.bidirectional else 1
+        rnn_in = self.conv.out_dim * spec.subsample
         if spec.rnn_type == "rnn":
-            self.rnn = ClippedReLURNN(self.conv.out_dim, spec.hidden, spec.layers, spec.bidirectional)
+            self.rnn = ClippedReLURNN(rnn_in, spec.hidden, spec.layers, spec.bidirectional)
         else:
             cls = nn.GRU if spec.rnn_type == "gru" else nn.LSTM
-            self.rnn = cls(self.conv.out_dim, spec.hidden, spec.layers, bidirectional=spec.bidirectional)
+            self.rnn = cls(rnn_in, spec.hidden, spec.layers, bidirectional=spec.bidirectional)
         dim = spec.hidden * dirs  # the two directions are concatenated
         self.row_conv = RowConv(dim, spec.lookahead) if spec.lookahead > 0 else None
         self.fc = nn.Linear(dim, spec.fc_dim) if spec.fc_dim > 0 else None
@@ -215,26 +229,57 @@ class DeepSpeech2(nn.Module):
         # How nn.GRU/LSTM see the batch: "padded" (padded_recurrent, the fast default) or
         # "packed" (a PackedSequence, PyTorch's usual way; same results, kept for comparison).
         self.rnn_input = "padded"
+        self.set_precision("fp32")
+
+    def set_precision(self, precision: str = "fp32", recurrent: str = "auto") -> "DeepSpeech2":
+        """Compute in ``"fp32"`` or ``"bf16"`` (mixed: see ``bsrnn.models.precision``); the
+        per-step recurrent product separately (``"auto"`` picks by width). Weights stay fp32."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.precision = precision
+        self.recurrent_precision = resolve_recurrent(recurrent, precision, self.spec.hidden)
+        mm = dtype_of(self.recurrent_precision) if self.recurrent_precision == "bf16" else None
+        self.mm_dtype = mm
+        if isinstance(self.rnn, ClippedReLURNN):
+            self.rnn.mm_dtype = mm
+        return self
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.conv.out_lengths(lengths)
+        k = self.spec.subsample
+        return -torch.div(-self.conv.out_lengths(lengths), k, rounding_mode="floor")  # ceil(L / k)
+
+    def stack_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``(T, N, C)`` → ``(ceil(T / k), N, k·C)``: k consecutive frames side by side (zeros pad the end)."""
+        k = self.spec.subsample
+        if k == 1:
+            return x
+        t, n, c = x.shape
+        x = F.pad(x, (0, 0, 0, 0, 0, (-t) % k))
+        return x.view(-1, k, n, c).permute(0, 2, 1, 3).reshape(-1, n, k * c)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rnn_input not in ("padded", "packed"):
             raise ValueError(f"rnn_input must be 'padded' or 'packed', not {self.rnn_input!r}")
-        x, out_lengths = self.conv(features, lengths)  # (T', N, 640)
+        with autocast(self.precision, features.device):
+            return self._forward(features, lengths)
+
+    def _forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = self.conv(features, lengths)  # (T', N, 640); bf16 under autocast
+        x, out_lengths = self.stack_frames(x), self.out_lengths(lengths)  # (T'/k, N, k·640)
         if isinstance(self.rnn, ClippedReLURNN):
             x = self.rnn(x, out_lengths)  # (T', N, D*H)
         elif isinstance(self.rnn, nn.RNNBase) and self.rnn_input == "padded":
-            x = padded_recurrent(self.rnn, x, out_lengths)  # (T', N, D*H)
+            x = padded_recurrent(self.rnn, x, out_lengths, mm_dtype=self.mm_dtype)  # (T', N, D*H)
         else:  # packed, as PyTorch does; also any drop-in module such as the sparse runtime (sparsify_)
-            packed = pack_padded_sequence(x, out_lengths.cpu(), enforce_sorted=False)
-            x, _ = pad_packed_sequence(self.rnn(packed)[0], total_length=x.shape[0])  # (T', N, D*H)
+            with fp32_region(x.device):
+                packed = pack_padded_sequence(x.float(), out_lengths.cpu(), enforce_sorted=False)
+                x, _ = pad_packed_sequence(self.rnn(packed)[0], total_length=x.shape[0])  # (T', N, D*H)
         if self.row_conv is not None:
             x = F.hardtanh(self.row_conv(x), 0.0, CLIP)  # (T', N, D*H)
         if self.fc is not None:
             x = F.hardtanh(self.fc(x), 0.0, CLIP)  # (T', N, fc_dim)
-        return F.log_softmax(self.output(x), dim=-1), out_lengths  # (T', N, 29), (N,)
+        logits = self.output(x).float()  # log-softmax and CTC in fp32
+        return F.log_softmax(logits, dim=-1), out_lengths  # (T', N, 29), (N,)
 
 
 def build_model(preset: str | None = "gru128", **overrides) -> DeepSpeech2:

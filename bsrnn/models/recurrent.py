@@ -55,25 +55,34 @@ class GRUScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, gi: torch.Tensor, u: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, gi: torch.Tensor, u: torch.Tensor, b_hh: torch.Tensor,
+                mm_dtype: torch.dtype | None = None) -> torch.Tensor:
         t_max, d, n, h3 = gi.shape
         hid = h3 // 3
+        low = mm_dtype is not None and mm_dtype != gi.dtype  # products in bf16, state in fp32
+        u_mm = u.to(mm_dtype) if low else u
         hs = gi.new_empty(t_max + 1, d, n, hid)  # hs[t] is the state before step t
         hs[0].zero_()
         rz = gi.new_empty(t_max, d, n, 2 * hid)
         ns = gi.new_empty(t_max, d, n, hid)
         ghs = gi.new_empty(t_max, d, n, h3)
         for t in range(t_max):
-            gh = torch.baddbmm(b_hh, hs[t], u, out=ghs[t])  # (D, N, 3H)
+            if low:
+                gh = torch.add(torch.bmm(hs[t].to(mm_dtype), u_mm), b_hh, out=ghs[t])  # (D, N, 3H), fp32
+            else:
+                gh = torch.baddbmm(b_hh, hs[t], u, out=ghs[t])  # (D, N, 3H)
             torch.add(gi[t, ..., : 2 * hid], gh[..., : 2 * hid], out=rz[t]).sigmoid_()
             torch.addcmul(gi[t, ..., 2 * hid:], rz[t, ..., :hid], gh[..., 2 * hid:], out=ns[t]).tanh_()
             torch.lerp(ns[t], hs[t], rz[t, ..., hid:], out=hs[t + 1])  # n + z (h - n)
-        ctx.save_for_backward(u, hs, rz, ns, ghs)
+        ctx.save_for_backward(u_mm, hs, rz, ns, ghs)
+        ctx.mm_dtype = mm_dtype if low else None
+        ctx.u_dtype = u.dtype
         return hs[1:]
 
     @staticmethod
     def backward(ctx, dhs: torch.Tensor):
         u, hs, rz, ns, ghs = ctx.saved_tensors
+        mm = ctx.mm_dtype  # None: every product in the state's dtype
         t_max, d, n, hid = dhs.shape
         r, z = rz[..., :hid], rz[..., hid:]
         dn_pre = (1 - z) * (1 - ns * ns)  # ∂(gi_n pre-activation)/∂h_t
@@ -89,15 +98,26 @@ class GRUScan(torch.autograd.Function):
             dh = dh + dhs[t]
             torch.mul(dh.unsqueeze(2), coef[t], out=dgi[t])
             torch.mul(dh.unsqueeze(2), coef_h[t], out=dgh[t])
-            dh = torch.baddbmm(dh * z[t], dgh[t].view(d, n, 3 * hid), u_t)
+            if mm is None:
+                dh = torch.baddbmm(dh * z[t], dgh[t].view(d, n, 3 * hid), u_t)
+            else:
+                dh = torch.addcmul(torch.bmm(dgh[t].view(d, n, 3 * hid).to(mm), u_t).float(), dh, z[t])
         dgh = dgh.view(t_max, d, n, 3 * hid)
-        du = torch.bmm(hs[:-1].permute(1, 3, 0, 2).reshape(d, hid, t_max * n),
-                       dgh.permute(1, 0, 2, 3).reshape(d, t_max * n, 3 * hid))
-        return dgi.view(t_max, d, n, 3 * hid), du, dgh.sum((0, 2))[:, None, :]
+        hs_t = hs[:-1].permute(1, 3, 0, 2).reshape(d, hid, t_max * n)
+        dgh_t = dgh.permute(1, 0, 2, 3).reshape(d, t_max * n, 3 * hid)
+        if mm is not None:  # one large product over all time steps: bf16 in, fp32 out
+            hs_t, dgh_t = hs_t.to(mm), dgh_t.to(mm)
+        du = torch.bmm(hs_t, dgh_t).to(ctx.u_dtype)
+        return dgi.view(t_max, d, n, 3 * hid), du, dgh.sum((0, 2))[:, None, :], None
 
 
-def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Layer ``k`` of ``rnn`` over padded ``x (T, N, In)``, all directions in one ``GRUScan``."""
+def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
+                    mm_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Layer ``k`` of ``rnn`` over padded ``x (T, N, In)``, all directions in one ``GRUScan``.
+
+    The input projection runs under whatever autocast is active (bf16 training makes it one bf16
+    GEMM); the recurrence keeps its state in float32, with the per-step product in ``mm_dtype``.
+    """
     sfx = ("", "_reverse")[: 2 if rnn.bidirectional else 1]
     d, hid = len(sfx), rnn.hidden_size
     t_max, n, _ = x.shape
@@ -111,7 +131,9 @@ def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor)
     gi = F.linear(x, w_ih, b_ih).view(t_max, n, d, 3 * hid)  # every step's input projection, one GEMM
     if d == 2:  # the reverse direction runs forward over each reversed utterance
         gi = torch.stack([gi[:, :, 0], reverse_within_lengths(gi[:, :, 1], lengths)], 2)
-    y = GRUScan.apply(gi.permute(0, 2, 1, 3).contiguous(), u.contiguous(), b_hh.contiguous())  # (T, D, N, H)
+    gi = gi.permute(0, 2, 1, 3).to(u.dtype).contiguous()
+    with torch.autocast(x.device.type, enabled=False):
+        y = GRUScan.apply(gi, u.contiguous(), b_hh.contiguous(), mm_dtype)  # (T, D, N, H)
     y = y.permute(0, 2, 1, 3)  # (T, N, D, H)
     if d == 2:
         y = torch.stack([y[:, :, 0], reverse_within_lengths(y[:, :, 1], lengths)], 2)
@@ -121,13 +143,18 @@ def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor)
 _VF_OPS = {"GRU": _VF.gru, "LSTM": _VF.lstm, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
 
-def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *, scan: bool | None = None) -> torch.Tensor:
+def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *, scan: bool | None = None,
+                     mm_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Run a (time-major, zero initial state) ``nn.RNN/GRU/LSTM`` over padded ``x (T, N, In)``.
 
     Same result on every valid frame as running it on the PackedSequence of ``x`` and
     ``lengths``; the padding frames of the output are zero. ``scan`` picks ``GRUScan`` for a GRU
     (default: on CPU tensors); otherwise each layer and direction is one fused unidirectional
     ``_VF`` call (cuDNN on GPUs) with the module's own parameters.
+
+    Under bf16 autocast the scan's input projections run in bf16 and its per-step products in
+    ``mm_dtype`` (None = float32), the state always in float32; the fused ``_VF`` path runs in
+    float32 whatever the autocast (its state would otherwise be bf16). The output is float32.
     """
     if rnn.batch_first or getattr(rnn, "proj_size", 0) or rnn.dropout or rnn.mode not in _VF_OPS:
         raise ValueError(f"padded_recurrent supports time-major {', '.join(_VF_OPS)} without projection "
@@ -140,16 +167,17 @@ def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *,
     op, n, dirs = _VF_OPS[rnn.mode], x.shape[1], 2 if rnn.bidirectional else 1
     for k in range(rnn.num_layers):
         if scan:
-            x = _gru_layer_scan(rnn, k, x, lengths)
+            x = _gru_layer_scan(rnn, k, x, lengths, mm_dtype)
             continue
         outs = []
         for d, sfx in enumerate(("", "_reverse")[:dirs]):
             names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if rnn.bias else ())
             weights = [getattr(rnn, f"{w}_l{k}{sfx}") for w in names]
             xi = reverse_within_lengths(x, lengths) if d else x
-            h0 = x.new_zeros(1, n, rnn.hidden_size)
+            h0 = x.new_zeros(1, n, rnn.hidden_size, dtype=weights[0].dtype)
             hx = (h0, h0) if rnn.mode == "LSTM" else h0
-            y = op(xi, hx, weights, rnn.bias, 1, 0.0, rnn.training, False, False)[0]  # (T, N, H)
+            with torch.autocast(x.device.type, enabled=False):
+                y = op(xi.to(weights[0].dtype), hx, weights, rnn.bias, 1, 0.0, rnn.training, False, False)[0]  # (T, N, H)
             outs.append(reverse_within_lengths(y, lengths) if d else y)
         x = torch.cat(outs, 2) if dirs == 2 else outs[0]  # (T, N, D*H)
     # Padding frames only ever follow the valid ones, so they never reached a valid output;
