@@ -19,6 +19,8 @@ from torch import nn
 
 from bsrnn.sparsity.report import count_parameters
 
+from .precision import PRECISIONS, autocast, fp32_region
+
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -66,12 +68,28 @@ class RecurrentLM(nn.Module):
         if self.decoder.weight is not self.embedding.weight:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
+    precision = "fp32"
+
+    def set_precision(self, precision: str = "fp32", recurrent: str = "fp32") -> "RecurrentLM":
+        """``"bf16"`` runs the decoder (hidden × vocabulary, the LM's largest product) in bf16; the
+        fused ``nn.LSTM``/``nn.GRU`` keeps its state and products in fp32 (under autocast it would
+        carry a bf16 state), and the logits come out in fp32. Weights stay fp32."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if recurrent not in ("fp32", "auto"):
+            raise ValueError(f"an RNN language model keeps its recurrence in fp32, not {recurrent!r}")
+        self.precision = precision
+        return self
+
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (T, N), got shape {tuple(tokens.shape)}")
         x = self.drop(self.embedding(tokens))  # (T, N, E)
-        out, state = self.rnn(x, state)  # (T, N, H)
-        return self.decoder(self.drop(out)), state  # (T, N, V)
+        with fp32_region(x.device):
+            out, state = self.rnn(x.float(), state)  # (T, N, H)
+        with autocast(self.precision, x.device):
+            logits = self.decoder(self.drop(out))
+        return logits.float(), state  # (T, N, V)
 
 
 # (total, nonzero) parameters, tied weights once: the package's one counter under the LM's older name.

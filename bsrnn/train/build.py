@@ -57,4 +57,4 @@ def feature_stats(cfg: Config, run_dir: Path) -> FeatureStats:
 def model_from_config(m: ModelConfig) -> DeepSpeech2:
     return build_model(m.preset, rnn_type=m.rnn_type, hidden=m.hidden, layers=m.layers,
                        bidirectional=m.bidirectional, lookahead=m.lookahead, fc_dim=m.fc_dim,
-                       conv_channels=m.conv_channels)
+                       conv_channels=m.conv_channels, subsample=m.subsample)

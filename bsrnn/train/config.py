@@ -57,6 +57,7 @@ class ModelConfig:
     lookahead: int | None = None  # row-conv future frames (0 = none); unset = the preset's
     fc_dim: int | None = None  # hidden FC width (0 = none); unset = the preset's
     conv_channels: int | None = None  # channels of both conv layers; unset = the preset's (32)
+    subsample: int | None = None  # conv output frames stacked into one (time stride x k); unset = the preset's (1)
 
 
 @dataclass
@@ -88,6 +89,8 @@ class TrainConfig:
     max_bad_batches: int = 20  # stop after this many NaN/inf losses
     max_steps: int = 0  # stop after this many steps in total (then resume); 0 = no limit
     resume: bool = True  # continue from <run_dir>/last.pt when it exists
+    precision: str = "auto"  # fp32 | bf16 (mixed, fp32 master weights) | auto = bf16 on CPUs with native bf16
+    recurrent_precision: str = "auto"  # per-step W_hh·h product under bf16: fp32 | bf16 | auto (by width)
 
 
 @dataclass
@@ -123,7 +126,8 @@ class Config:
         check_task(self.task, "speech")
 
 
-CHOICES = {"optim.name": ("adam", "sgd"), "model.rnn_type": ("rnn", "gru", "lstm", None)}
+CHOICES = {"optim.name": ("adam", "sgd"), "model.rnn_type": ("rnn", "gru", "lstm", None),
+           "train.precision": ("auto", "fp32", "bf16"), "train.recurrent_precision": ("auto", "fp32", "bf16")}
 # Numeric ranges: a value outside them would fail later with a message that names no key
 # (torch's "Invalid learning rate: -1", the sampler's "batch_size must be >= 1") or silently
 # train nothing (epochs = 0).
@@ -132,6 +136,7 @@ RANGES = {
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"), "train.max_bad_batches": (lambda v: v >= 0, ">= 0"),
     "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = no limit)"), "train.threads": (lambda v: v >= 0, ">= 0"),
     "log.every": (lambda v: v >= 1, ">= 1"), "data.max_train_utts": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "model.subsample": (lambda v: v is None or v >= 1, ">= 1"),
     "optim.lr": (lambda v: v > 0, "a number > 0"), "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (lambda v: 0 <= v < math.inf, ">= 0"), "optim.grad_clip": (lambda v: 0 <= v, ">= 0 (0 = no clipping)"),
     "schedule.warmup_steps": (lambda v: v >= 0, ">= 0"), "schedule.decay_start": (lambda v: v >= 0, ">= 0"),

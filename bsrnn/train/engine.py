@@ -16,8 +16,11 @@ in its own visible loop. Everything else is here, once:
   touching weights or buffers, counts it in ``pos["bad_batches"]`` and raises
   ``TrainingDiverged`` past ``max_bad_batches``.
 
-The run log is ``metrics.RunLog``. Mixed precision, when it comes, belongs in
-``TrainStep.forward`` (autocast around the forward pass and loss), for both loops at once.
+The run log is ``metrics.RunLog``. Mixed precision is ``TrainStep``'s too, for both loops at
+once: ``precision="bf16"`` configures a model that knows its own fp32 regions (``set_precision``:
+the speech models and the LMs keep recurrent state, log-softmax and losses in fp32) and otherwise
+runs ``forward()`` under bf16 autocast. Master weights, optimizer state, gradients and every
+sparsity decision stay fp32 either way.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..models import precision as precision_mod
 from .checkpoint import load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from .config import OptimConfig
 
@@ -175,11 +179,15 @@ class TrainStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, method, *,
                  lr_at: Callable[[int], float], grad_clip: float, max_bad_batches: int,
                  units: tuple[str, str] = ("batch", "batches"), advice: str = "lower optim.lr or check the data",
-                 last: Path | None = None):
+                 last: Path | None = None, precision: str = "fp32", recurrent_precision: str = "auto"):
         self.model, self.optimizer, self.method = model, optimizer, method
         self.lr_at, self.grad_clip, self.max_bad_batches = lr_at, grad_clip, max_bad_batches
         self.units, self.advice, self.last = units, advice, last
         self._buffers: list[torch.Tensor] | None = None
+        self.precision = precision_mod.resolve(precision)
+        self._autocast = not hasattr(model, "set_precision")  # a model of the user's: autocast it whole
+        if not self._autocast:
+            model.set_precision(self.precision, recurrent_precision)
 
     def set_lr(self, step: int) -> float:
         lr = self.lr_at(step)
@@ -190,9 +198,15 @@ class TrainStep:
     @contextlib.contextmanager
     def forward(self) -> Iterator[None]:
         """Run the forward pass and the loss in here. The buffers (BatchNorm statistics) are
-        saved on entry and restored if the batch turns out bad; autocast would go here too."""
+        saved on entry and restored if the batch turns out bad; a model without its own
+        ``set_precision`` runs here under bf16 autocast when training in bf16."""
         self._buffers = [b.clone() for b in self.model.buffers()]
-        yield
+        if self._autocast:
+            device = next(self.model.parameters()).device
+            with precision_mod.autocast(self.precision, device):
+                yield
+        else:
+            yield
 
     def update(self, loss: torch.Tensor, step: int, pos: dict, *, finite: bool | None = None) -> Update:
         """Backward, clip, step the optimizer and the sparsity method; or skip a bad batch.

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from bsrnn.atomic import write_json
 from bsrnn.data.textcorpus import TextCorpus, Vocab, build_corpus
 from bsrnn.models.lm import RecurrentLM, count_params, detach_state
+from bsrnn.models.precision import resolve as resolve_precision
 from bsrnn.sparsity import SparsityConfig, build_method
 
 from .checkpoint import load_checkpoint
@@ -87,6 +88,8 @@ class LMTrainConfig:
     max_bad_batches: int = 20  # stop after this many non-finite losses
     max_steps: int = 0  # stop after this many steps in total (then resume); 0 = no limit
     resume: bool = True  # continue from <run_dir>/last.pt when it exists
+    precision: str = "auto"  # fp32 | bf16 (decoder in bf16; recurrence and loss fp32) | auto = bf16 where native
+    recurrent_precision: str = "fp32"  # the LM's fused nn.LSTM/GRU always runs its recurrence in fp32
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "bptt", "eval_every", "eval_batch", "checkpoint_every"):
@@ -113,6 +116,14 @@ class LMConfig:
 LM_RESUME_FREE = {"train": {"max_steps", "resume", "threads", "checkpoint_every", "max_bad_batches", "run_dir",
                             "eval_every", "eval_tokens", "eval_batch"},
                   "log": None, "data": {"cache_dir"}}
+
+
+def lm_resume_defaults() -> dict:
+    """A key missing from a saved LM config meant its default; runs from before
+    ``train.precision`` existed trained in fp32."""
+    defaults = lm_config_to_dict(LMConfig())
+    defaults["train"]["precision"] = "fp32"
+    return defaults
 
 
 def load_lm_config(path: str | Path | None = None, overrides=()) -> LMConfig:
@@ -192,6 +203,8 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
 
     ``on_step(step, model, method)`` is called after every completed step (tests, monitoring).
     """
+    # "auto" precision is resolved before the config is saved (a resume elsewhere compares it)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision)))
     run_dir = prepare_run_dir(cfg.train.run_dir)
     write_json(lm_config_to_dict(cfg), run_dir / "config.json")  # the resolved config beside the outputs
     if cfg.train.threads > 0:
@@ -213,14 +226,15 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
 
     checkpoints = Checkpointer(run_dir, model=model, optimizer=optimizer, method=method,
                                config=lm_config_to_dict(cfg), extra=extra)
-    resumed = checkpoints.resume(LM_RESUME_FREE, defaults=lm_config_to_dict(LMConfig())) if cfg.train.resume else None
+    resumed = checkpoints.resume(LM_RESUME_FREE, defaults=lm_resume_defaults()) if cfg.train.resume else None
     if resumed is not None:
         pos, state = dict(resumed["position"]), resumed["hidden"]
         state = tuple(state) if isinstance(state, list) else state
     trainer = TrainStep(model, optimizer, method, lr_at=lambda step: lr_at(step, cfg.optim.lr, cfg.train),
                         grad_clip=cfg.optim.grad_clip, max_bad_batches=cfg.train.max_bad_batches,
                         units=("window", "windows"), advice="lower optim.lr or optim.grad_clip",
-                        last=checkpoints.last)
+                        last=checkpoints.last, precision=cfg.train.precision,
+                        recurrent_precision=cfg.train.recurrent_precision)
 
     log = LMLog(run_dir, tensorboard=cfg.log.tensorboard)
     started, seconds0, window_losses = time.perf_counter(), pos["seconds"], []

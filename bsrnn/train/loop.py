@@ -21,6 +21,7 @@ and resume, the learning-rate setting, and the optimizer update with its non-fin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -28,6 +29,8 @@ import torch
 from tqdm import tqdm
 
 from bsrnn.data.batching import BucketBatchSampler
+from bsrnn.models.precision import native_bf16
+from bsrnn.models.precision import resolve as resolve_precision
 from bsrnn.sparsity import build_method
 
 from . import distributed
@@ -58,9 +61,17 @@ RESUME_FREE = {"train": {"max_steps", "resume", "threads", "checkpoint_every", "
                "log": None, "data": {"cache_dir", "corpus"}}
 
 
+def resume_defaults() -> dict:
+    """What a key missing from a saved config meant: its default, except that runs from before
+    ``train.precision`` existed trained in fp32 (the default is now ``auto``)."""
+    defaults = config_to_dict(Config())
+    defaults["train"]["precision"] = "fp32"
+    return defaults
+
+
 def check_resumable(saved: dict, current: dict, path) -> None:
     """Refuse to continue a speech run under a config that would make it a different run."""
-    _check_resumable(saved, current, path, RESUME_FREE, config_to_dict(Config()))
+    _check_resumable(saved, current, path, RESUME_FREE, resume_defaults())
 
 
 def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
@@ -78,6 +89,9 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
 
 def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) -> dict:
+    # "auto" precision becomes this machine's choice before the config is saved, so a run resumed
+    # on a machine that would choose otherwise is refused rather than silently continued differently
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision)))
     run_dir = prepare_run_dir(cfg.train.run_dir, create=ctx.is_main)  # rank 0 alone writes; the
     if ctx.is_main:                                                   # others wait at the barriers
         save_config(cfg, run_dir / "config.json")
@@ -110,7 +124,7 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
 
     checkpoints = Checkpointer(run_dir, model=model, optimizer=optimizer, method=method,
                                config=config_to_dict(cfg), writer=ctx.is_main)
-    resumed = checkpoints.resume(RESUME_FREE, defaults=config_to_dict(Config())) if cfg.train.resume else None
+    resumed = checkpoints.resume(RESUME_FREE, defaults=resume_defaults()) if cfg.train.resume else None
     if resumed is not None:  # every rank restores the same state
         pos = dict(resumed["position"])
         tqdm.write(f"resumed {checkpoints.last} at epoch {pos['epoch']}, batch {pos['batch']} (step {pos['step']})")
@@ -118,7 +132,11 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
                         lr_at=lambda step: lr_at(step, cfg.optim, cfg.schedule, steps_per_epoch),
                         grad_clip=cfg.optim.grad_clip, max_bad_batches=cfg.train.max_bad_batches,
                         units=("batch", "batches"), advice="lower optim.lr or check the data",
-                        last=checkpoints.last)
+                        last=checkpoints.last, precision=cfg.train.precision,
+                        recurrent_precision=cfg.train.recurrent_precision)
+    if ctx.is_main and resumed is None:
+        tqdm.write(f"precision {trainer.precision} (recurrent products "
+                   f"{getattr(model, 'recurrent_precision', trainer.precision)}; native bf16: {native_bf16() or 'none'})")
 
     def checkpoint() -> None:  # last.pt, then every rank goes on together
         checkpoints.save(pos)

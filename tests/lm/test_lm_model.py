@@ -93,3 +93,20 @@ def test_overfits_a_short_text_and_greedy_sampling_reproduces_it():
     assert float(loss.detach()) < 0.05
     assert sample(model, vocab, len(text) - 1, temperature=0, prime="t") == text[1:]
     assert sample(model, vocab, 20, temperature=1.0, seed=3) == sample(model, vocab, 20, temperature=1.0, seed=3)
+
+
+def test_bf16_runs_the_decoder_in_bf16_and_keeps_state_and_logits_fp32():
+    from bsrnn.models.lm import RecurrentLM
+
+    torch.manual_seed(0)
+    model = RecurrentLM(50, rnn_type="lstm", emb=16, hidden=32)
+    tokens = torch.randint(0, 50, (7, 3))
+    ref, _ = model(tokens)
+    out, (h, c) = model.set_precision("bf16")(tokens)
+    assert out.dtype == h.dtype == c.dtype == torch.float32
+    err = (out - ref).abs().max()
+    assert 0 < err < 0.05  # the decoder really ran in bf16, and only rounding changed
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        model.set_precision("fp16")
+    with pytest.raises(ValueError, match="keeps its recurrence in fp32"):
+        model.set_precision("bf16", "bf16")

@@ -52,8 +52,10 @@ def test_sparse_throughout_holds_its_sparsity_at_every_step(tmp_path, corpus, me
 
 
 @pytest.mark.parametrize("method", ["rigl", "bp"])
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, method):
-    sets = [f"sparsity.method={method}", "sparsity.target=0.75", "sparsity.freq=2", "model.dropout=0.1"]
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, corpus, method, precision):
+    sets = [f"sparsity.method={method}", "sparsity.target=0.75", "sparsity.freq=2", "model.dropout=0.1",
+            f"train.precision={precision}"]
     if method == "bp":
         sets += ["sparsity.start=2", "sparsity.ramp=4", "sparsity.end=8"]
     whole = train_lm(tiny(tmp_path, corpus, "whole", *sets))

@@ -76,12 +76,14 @@ def _assert_identical(a, b, where=""):
         assert a == b, where
 
 
-def test_resume_after_interruption_equals_the_uninterrupted_run(corpus, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_interruption_equals_the_uninterrupted_run(corpus, tmp_path, precision):
     # Block pruning (masks change during the run) and SpecAugment (draws from the RNG) on,
-    # so every piece of state that a resume must restore matters.
+    # so every piece of state that a resume must restore matters; bit-exact in either precision.
     sparse = ["sparsity.method=bp", "sparsity.block=[4,4]", "sparsity.exclude=['output.*']",
               "sparsity.freq=1", "sparsity.start=1", "sparsity.ramp=2", "sparsity.end=4", "sparsity.target=0.5",
-              "features.spec_augment=true", "train.checkpoint_every=1000"]
+              "features.spec_augment=true", "train.checkpoint_every=1000", f"train.precision={precision}",
+              "train.recurrent_precision=bf16"]
     train(tiny(corpus, tmp_path / "whole", *sparse))
     stopped = train(tiny(corpus, tmp_path / "split", *sparse, "train.max_steps=3"))
     assert stopped["stopped_at"] == {**stopped["stopped_at"], "step": 3, "epoch": 1, "batch": 1}
@@ -92,6 +94,35 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(corpus, tmp_path
     assert any(not bool(m.all()) for m in masks.values())  # pruning actually happened
     report = json.loads((tmp_path / "split" / "report.json").read_text())
     assert report["sparsity"] > 0.3 and report["splits"]["test"]["utterances"] == 2
+
+
+def test_auto_precision_is_resolved_in_the_saved_config_and_a_change_is_refused(corpus, tmp_path):
+    from bsrnn.models.precision import default_precision
+
+    train(tiny(corpus, tmp_path / "run", "train.epochs=1", "train.max_steps=1"))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["precision"] == default_precision()  # "auto" never reaches a saved config
+    other = "fp32" if default_precision() == "bf16" else "bf16"
+    with pytest.raises(ValueError, match=f"trained with train.precision = '{default_precision()}', not '{other}'"):
+        train(tiny(corpus, tmp_path / "run", "train.epochs=1", f"train.precision={other}"))
+
+
+def test_a_run_from_before_the_precision_key_resumes_as_the_fp32_run_it_was(corpus, tmp_path):
+    from bsrnn.train.loop import check_resumable
+    from bsrnn.train.config import config_to_dict
+
+    old = config_to_dict(tiny(corpus, tmp_path / "run"))
+    del old["train"]["precision"], old["train"]["recurrent_precision"]
+    check_resumable(old, config_to_dict(tiny(corpus, tmp_path / "run", "train.precision=fp32")), "last.pt")
+    with pytest.raises(ValueError, match="trained with train.precision = 'fp32', not 'bf16'"):
+        check_resumable(old, config_to_dict(tiny(corpus, tmp_path / "run", "train.precision=bf16")), "last.pt")
+
+
+def test_precision_config_values_are_checked(corpus, tmp_path):
+    with pytest.raises(ValueError, match="train.precision = .fp16. is not one of auto, fp32, bf16"):
+        tiny(corpus, tmp_path / "run", "train.precision=fp16")
+    with pytest.raises(ValueError, match="model.subsample must be >= 1"):
+        tiny(corpus, tmp_path / "run", "model.subsample=0")
 
 
 def test_resuming_under_a_different_config_is_refused(corpus, tmp_path):
