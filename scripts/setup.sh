@@ -9,8 +9,9 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # espeak-ng, flite: the two TTS engines; wordnet-base: the prompts; pocketsphinx-testdata: a
 # small real-speech evaluation set; sox: inspecting and converting audio by hand; g++ and
-# libgomp1: the block-sparse CPU kernel is compiled once per machine on first use.
-$SUDO apt-get install -y -qq --no-install-recommends espeak-ng flite wordnet-base pocketsphinx-testdata sox g++ libgomp1 >/dev/null
+# libgomp1: the block-sparse CPU kernel is compiled once per machine on first use; libjemalloc2: the
+# allocator training processes run with (glibc malloc fragments under changing batch shapes).
+$SUDO apt-get install -y -qq --no-install-recommends espeak-ng flite wordnet-base pocketsphinx-testdata sox g++ libgomp1 libjemalloc2 >/dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .

@@ -47,7 +47,9 @@ def result_row(report: dict, label: str) -> dict:
             "cer": {s: r["cer"] for s, r in report["splits"].items()},
             "wer": {s: r["wer"] for s, r in report["splits"].items()},
             "dev_cer_per_epoch": report["history"]["dev_cer"], "sparsity_per_epoch": report["history"]["sparsity"],
-            "run_dir": report["run_dir"], "session_seconds": report["session_seconds"]}
+            "run_dir": report["run_dir"], "session_seconds": report["session_seconds"],
+            "precision": report.get("precision", "fp32"), "peak_rss_mb": report.get("peak_rss_mb"),
+            "allocator": report.get("allocator")}
 
 
 def paper_table(rows: list[dict], split: str = TEST_SPLIT) -> str:

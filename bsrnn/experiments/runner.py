@@ -10,7 +10,8 @@ own run directory, with its output appended to ``<run_dir>/train.log``. For each
 * otherwise trains it; an interrupted run resumes from its ``last.pt`` (``bsrnn train`` does that),
   so a runner stopped at any moment picks up where it was when started again.
 
-Several 1-thread runs side by side have the throughput of one multi-thread run on a small machine
+Each job runs with jemalloc preloaded where it is installed (``bsrnn.train.memory``: glibc's
+malloc fragments under the changing batch shapes of speech training). Several 1-thread runs side by side have the throughput of one multi-thread run on a small machine
 and degrade more gracefully when it is shared, hence ``threads`` per job.
 """
 
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..train.memory import allocator_env
 from .recipe import recipe_matches, stamp
 
 
@@ -103,7 +105,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 2, threads: int | None = 1,
             started = time.perf_counter()
             with open(log_path, "a") as log:
                 proc = subprocess.Popen(train_command(job, threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, errors="replace", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        text=True, errors="replace", env={**allocator_env(), "PYTHONUNBUFFERED": "1"})
                 with lock:
                     running[job.name] = proc
                     if stop.is_set():  # another job failed while this one started

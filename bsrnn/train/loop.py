@@ -42,6 +42,7 @@ from .engine import (Checkpointer, TrainingDiverged, TrainStep, make_optimizer, 
                      seed_everything)
 from .engine import check_resumable as _check_resumable
 from .evaluate import evaluate, final_report, format_report, write_json
+from .memory import allocator_name, peak_rss_mb, release_free_memory
 from .metrics import RunLog
 
 __all__ = ["train", "lr_at", "TrainingDiverged", "RESUME_FREE"]
@@ -196,6 +197,7 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
             bar.close()
 
             pos["epoch"], pos["batch"] = epoch + 1, 0
+            release_free_memory()  # give back the heap pages this epoch's batch shapes left free
             distributed.verify_same("weights", model.state_dict(), pos["step"], ctx)
             if not ctx.is_main:  # rank 0 evaluates and writes; evaluation draws no random numbers
                 distributed.barrier(ctx)
@@ -224,7 +226,10 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
     report = final_report(cfg, model, method, stats, [cfg.data.dev, *cfg.data.test],
                           extra={"epochs": cfg.train.epochs, "steps": pos["step"], "bad_batches": pos["bad_batches"],
                                  "history": {k: pos[k] for k in ("dev_cer", "sparsity", "seconds")},
-                                 "train_utterances": len(train_set), "session_seconds": time.perf_counter() - started})
+                                 "train_utterances": len(train_set), "session_seconds": time.perf_counter() - started,
+                                 "precision": cfg.train.precision,
+                                 "recurrent_precision": getattr(model, "recurrent_precision", cfg.train.precision),
+                                 "peak_rss_mb": peak_rss_mb(), "allocator": allocator_name()})
     write_json(report, run_dir / "report.json")
     print(method.report().table(gates=False))
     print(format_report(report))

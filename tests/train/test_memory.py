@@ -1,0 +1,35 @@
+"""The allocator set-up of training subprocesses and the memory figures in reports."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bsrnn.train import memory
+
+
+def test_allocator_env_preloads_jemalloc_once_and_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(memory, "jemalloc_path", lambda: "/lib/libjemalloc.so.2")
+    env = memory.allocator_env({"LD_PRELOAD": "/other.so"})
+    assert env["LD_PRELOAD"] == "/lib/libjemalloc.so.2 /other.so"
+    assert memory.allocator_env(env)["LD_PRELOAD"] == env["LD_PRELOAD"]  # not twice
+    assert "LD_PRELOAD" not in memory.allocator_env({"BSRNN_ALLOCATOR": "system"})
+    with pytest.raises(ValueError, match="BSRNN_ALLOCATOR must be one of jemalloc, system"):
+        memory.allocator_env({"BSRNN_ALLOCATOR": "tcmalloc"})
+    monkeypatch.setattr(memory, "jemalloc_path", lambda: None)  # not installed: the system allocator
+    assert "LD_PRELOAD" not in memory.allocator_env({})
+
+
+@pytest.mark.skipif(memory.jemalloc_path() is None, reason="libjemalloc2 not installed")
+def test_a_child_started_with_allocator_env_runs_on_jemalloc():
+    code = ("import torch; from bsrnn.train import memory; x = torch.randn(1000, 1000); memory.release_free_memory();"
+            "print(memory.allocator_name(), open('/proc/self/maps').read().count('jemalloc') > 0)")
+    out = subprocess.run([sys.executable, "-c", code], env=memory.allocator_env(), capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["jemalloc", "True"]
+
+
+def test_peak_rss_is_a_plausible_number_of_megabytes():
+    assert 10 < memory.peak_rss_mb() < 64 * 1024
+    memory.release_free_memory()  # safe to call anywhere
