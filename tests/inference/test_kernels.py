@@ -130,3 +130,23 @@ def test_retile_is_exact():
     t.validate()
     assert t.block == (16, 16) and t.nnzb == 4 * mat.nnzb
     assert np.array_equal(t.to_dense().numpy(), w)
+
+
+def test_registry_names_are_re_exported_and_children_import_only_base():
+    import ast
+    from pathlib import Path
+
+    from bsrnn.inference.kernels import base
+
+    assert (K.Kernel, K.KERNELS, K.register, K.get, K.available, K.matmul) == (
+        base.Kernel, base.KERNELS, base.register, base.get, base.available, base.matmul)
+    # no kernel module imports from the package itself (its __init__ would be half-initialised)
+    for path in Path(base.__file__).parent.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module, f"{path.name} imports from the kernels package itself"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.level]
+                assert not inner, f"{path.name}:{node.name} imports a package module inside a function"

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import Kernel, register
+from .base import Kernel, register
 
 
 def _ret(y, out):

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Kernel, register
+from ..export import BsrMatrix
+from .base import Kernel, register
 from ._cpu_source import SOURCE
 
 CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
@@ -200,8 +201,6 @@ def retile(mat, h: int):
     32×32 blocks give the small-batch path 64 vectors per block, more than it keeps in
     registers, so it makes strided passes over each block; as 16×16 tiles every pass reads
     whole tiles (measured 4–40 % faster at B = 1–4, 1 thread)."""
-    from ..export import BsrMatrix
-
     (R, C), n = mat.block, mat.nnzb
     fr, fc = R // h, C // h
     row = np.repeat(np.arange(len(mat.indptr) - 1), np.diff(mat.indptr))
