@@ -150,3 +150,17 @@ def test_registry_names_are_re_exported_and_children_import_only_base():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 inner = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.level]
                 assert not inner, f"{path.name}:{node.name} imports a package module inside a function"
+
+
+def test_numba_batch_tile_must_be_one_it_has():
+    assert cpu.Numba(16).bb == 16
+    with pytest.raises(ValueError, match="bb=3 is not one of 1, 2, 4, 8, 16"):
+        cpu.Numba(3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bb", sorted(cpu.DOTS))
+def test_every_numba_batch_tile_matches_reference(bb):
+    mat, w = random_mat(24, 40, (4, 4), 0.4, seed=bb)
+    x = np.random.default_rng(bb).standard_normal((40, 2 * bb + 1)).astype(np.float32)  # tiles, then 1 by 1
+    np.testing.assert_allclose(cpu.Numba(bb)(mat, x), w.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@
 ``numba`` is the row-packed gather-and-dot kernel of KERNELS.md §5 (per block row one
 contiguous R×(n·C) panel; gather the needed x rows, BB-way dot products; unsigned indices,
 §6), kept both as the no-compiler fallback and as the measured anchor the benchmarks must beat.
+Its kernels are closures over R, C and the batch tile BB, which numba compiles as constants.
 
 ``cpu`` is compiled once per machine with the system C++ compiler (``$CXX`` or g++/c++,
 ``-O3 -march=native -fopenmp``) into ``$BSRNN_CACHE`` (default ``~/.cache/bsrnn``), named by a
@@ -15,6 +16,7 @@ it has no specialisation for, or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs t
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -25,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 
 from ..export import BsrMatrix
 from .base import Kernel, register
@@ -59,40 +62,119 @@ def balance(indptr: np.ndarray, nt: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- numba (§5)
-U64 = np.uint64
-_NUMBA: dict = {}
+U64, F32 = np.uint64, np.float32
 
 
+# The BB-way dot products of one packed weight row (Wp[rowb:rowb+L]) with BB gathered x rows
+# (xg[:, :L]), written to out[row, b0:b0+BB]: one weight load feeds BB FMAs into BB scalar
+# accumulators, which only named locals keep in registers (an accumulator array is 4x slower).
+@njit(fastmath=True, inline="always")
+def _dot1(Wp, rowb, L, xg, out, row, b0):
+    s0 = F32(0.0)
+    for i in range(L):
+        s0 += Wp[rowb + i] * xg[0, i]
+    out[row, b0] = s0
+
+
+@njit(fastmath=True, inline="always")
+def _dot2(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+    out[row, b0] = s0
+    out[row, b0 + U64(1)] = s1
+
+
+@njit(fastmath=True, inline="always")
+def _dot4(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = s2 = s3 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+        s2 += w * xg[2, i]
+        s3 += w * xg[3, i]
+    for j, s in enumerate((s0, s1, s2, s3)):
+        out[row, b0 + U64(j)] = s
+
+
+@njit(fastmath=True, inline="always")
+def _dot8(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+        s2 += w * xg[2, i]
+        s3 += w * xg[3, i]
+        s4 += w * xg[4, i]
+        s5 += w * xg[5, i]
+        s6 += w * xg[6, i]
+        s7 += w * xg[7, i]
+    for j, s in enumerate((s0, s1, s2, s3, s4, s5, s6, s7)):
+        out[row, b0 + U64(j)] = s
+
+
+@njit(fastmath=True, inline="always")
+def _dot16(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32(0.0)
+    s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+        s2 += w * xg[2, i]
+        s3 += w * xg[3, i]
+        s4 += w * xg[4, i]
+        s5 += w * xg[5, i]
+        s6 += w * xg[6, i]
+        s7 += w * xg[7, i]
+        s8 += w * xg[8, i]
+        s9 += w * xg[9, i]
+        s10 += w * xg[10, i]
+        s11 += w * xg[11, i]
+        s12 += w * xg[12, i]
+        s13 += w * xg[13, i]
+        s14 += w * xg[14, i]
+        s15 += w * xg[15, i]
+    for j, s in enumerate((s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15)):
+        out[row, b0 + U64(j)] = s
+
+
+DOTS = {1: _dot1, 2: _dot2, 4: _dot4, 8: _dot8, 16: _dot16}  # the batch tiles BB there are
+
+
+@functools.cache
 def _rowdot(R: int, C: int, BB: int):
-    """Generated so that R, C and BB are compile-time constants (KERNELS.md §5)."""
-    if (R, C, BB) in _NUMBA:
-        return _NUMBA[R, C, BB]
-    from numba import njit, prange
+    """The §5 kernel for R×C blocks and a batch tile of BB columns, compiled on first call.
 
-    L = ["def kern(indptr, indices, Wp, off, X, out, bounds, Lmax):",
-         "    B = U(X.shape[1])",
-         "    for t in prange(bounds.shape[0] - 1):",
-         f"        xg = np.empty(({BB}, Lmax), np.float32)",
-         "        for ib in range(U(bounds[t]), U(bounds[t + 1])):",
-         "            p0 = U(indptr[ib]); p1 = U(indptr[ib + U(1)])",
-         f"            L = (p1 - p0) * U({C}); base = U(off[ib])",
-         f"            for b0 in range(U(0), B - U({BB - 1}), U({BB})):",
-         "                q = U(0)",
-         "                for p in range(p0, p1):",
-         f"                    k0 = U(indices[p]) * U({C})",
-         f"                    for cc in range(U({C})):"]
-    L += [f"                        xg[{j}, q] = X[k0 + cc, b0 + U({j})]" for j in range(BB)]
-    L += ["                        q += U(1)",
-          f"                for rr in range(U({R})):",
-          "                    rowb = base + rr * L"]
-    L += [f"                    s{j} = np.float32(0.0)" for j in range(BB)]
-    L += ["                    for i in range(L):", "                        w = Wp[rowb + i]"]
-    L += [f"                        s{j} += w * xg[{j}, i]" for j in range(BB)]
-    L += [f"                    out[ib * U({R}) + rr, b0 + U({j})] = s{j}" for j in range(BB)]
-    g = {"np": np, "U": U64, "prange": prange}
-    exec("\n".join(L), g)
-    _NUMBA[R, C, BB] = k = njit(parallel=True, fastmath=True, cache=False)(g["kern"])
-    return k
+    A closure: numba freezes the free variables R, C, BB and ``dot`` as compile-time constants,
+    so each (R, C, BB) gets its own machine code with constant trip counts."""
+    if BB not in DOTS:
+        raise ValueError(f"numba kernel: batch tile {BB} is not one of {', '.join(map(str, DOTS))}")
+    dot = DOTS[BB]
+
+    def kern(indptr, indices, Wp, off, X, out, bounds, Lmax):
+        B = U64(X.shape[1])
+        for t in prange(bounds.shape[0] - 1):
+            xg = np.empty((BB, Lmax), np.float32)
+            for ib in range(U64(bounds[t]), U64(bounds[t + 1])):
+                p0, p1 = U64(indptr[ib]), U64(indptr[ib + U64(1)])
+                L, base = (p1 - p0) * U64(C), U64(off[ib])
+                for b0 in range(U64(0), B - U64(BB - 1), U64(BB)):
+                    q = U64(0)
+                    for p in range(p0, p1):
+                        k0 = U64(indices[p]) * U64(C)
+                        for cc in range(U64(C)):
+                            for j in range(U64(BB)):
+                                xg[j, q] = X[k0 + cc, b0 + j]
+                            q += U64(1)
+                    for rr in range(U64(R)):
+                        dot(Wp, base + rr * L, L, xg, out, ib * U64(R) + rr, b0)
+
+    return njit(parallel=True, fastmath=True, cache=False)(kern)
 
 
 def pack_rows(mat) -> tuple[np.ndarray, np.ndarray]:
@@ -108,11 +190,14 @@ def pack_rows(mat) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Numba(Kernel):
-    """KERNELS.md §5 as published; ``bb`` fixes the batch tile (default: min(B, 8), then 4, 2, 1)."""
+    """KERNELS.md §5 as published; ``bb`` fixes the batch tile, one of ``DOTS`` (default: tiles
+    of 8, then 4, 2 and 1 for the rest of the batch)."""
 
     name = "numba"
 
     def __init__(self, bb: int | None = None, name: str | None = None):
+        if bb is not None and bb not in DOTS:
+            raise ValueError(f"numba kernel: batch tile bb={bb} is not one of {', '.join(map(str, DOTS))}")
         self.bb = bb
         if name:
             self.name = name
@@ -218,8 +303,6 @@ def retile(mat, h: int):
 def _caller(fn):
     """A numba wrapper around the C entry point: ``arr.ctypes`` there is a free pointer, where
     ctypes from Python costs microseconds per argument — a visible share of a 7 µs GEMV."""
-    from numba import njit
-
     @njit(nogil=True)
     def call(R, C, indptr, indices, values, bounds, nt, x, xt, vec, K, y, B):
         return fn(R, C, indptr.ctypes, indices.ctypes, values.ctypes, bounds.ctypes, nt, x.ctypes, xt.ctypes,
