@@ -1,16 +1,26 @@
-"""The fast CPU kernels: ``cpu`` (compiled C++, see ``_cpu_source.py``) and ``numba``.
+"""The fast CPU kernels: ``cpu`` (compiled C++, ``bsr_cpu.cpp`` beside this file) and ``numba``.
 
 ``numba`` is the row-packed gather-and-dot kernel of KERNELS.md §5 (per block row one
 contiguous R×(n·C) panel; gather the needed x rows, BB-way dot products; unsigned indices,
 §6), kept both as the no-compiler fallback and as the measured anchor the benchmarks must beat.
 Its kernels are closures over R, C and the batch tile BB, which numba compiles as constants.
 
-``cpu`` is compiled once per machine with the system C++ compiler (``$CXX`` or g++/c++,
-``-O3 -march=native -fopenmp``) into ``$BSRNN_CACHE`` (default ``~/.cache/bsrnn``), named by a
-hash of source, flags and CPU, built in a temporary file and renamed (so concurrent first uses
-are safe) and loaded through ctypes. Without a compiler, when the build fails, for block shapes
-it has no specialisation for, or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs the numba kernel
-— with the same results, only slower. Both split block rows over threads by nonzero blocks.
+``cpu`` is ``bsr_cpu.cpp`` (shipped as package data), compiled once per machine with the system
+C++ compiler (``$CXX`` or g++/c++, ``-O3 -march=native -ffast-math -fopenmp``) into ``$BSRNN_CACHE``
+(default ``~/.cache/bsrnn``), named by a hash of the source text, compiler, flags and CPU (so an
+edited .cpp, another compiler or another CPU sharing the home directory builds its own library),
+built in a temporary directory and renamed (so concurrent first uses are safe) and loaded through
+ctypes. Without a compiler, when the build fails, for block shapes it has no specialisation for,
+or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs the numba kernel — with the same results, only
+slower. Both split block rows over threads by nonzero blocks.
+
+Why a hand-rolled compiler call and not ``torch.utils.cpp_extension``: the library is a plain C
+function that numba calls through its address (``_call``), where a torch extension is a Python
+module called through pybind11, a cost of its own on every call of a GEMV of a few microseconds;
+it needs neither torch's nor Python's headers, so it is not tied to the torch version or ABI;
+``cpp_extension.load`` needs ninja, which bsrnn does not depend on; and its build directory is
+keyed by name, sources and flags but not by CPU, while ``-march=native`` code must not be reused
+on another CPU. The whole build is ``build`` below: one compiler command, one cache key.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +42,8 @@ from numba import njit, prange
 
 from ..export import BsrMatrix
 from .base import Kernel, register
-from ._cpu_source import SOURCE
+
+SOURCE_FILE = "bsr_cpu.cpp"
 
 CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 SPECIALISED = {(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)}  # the CASE list in the source
@@ -234,6 +246,11 @@ class Numba(Kernel):
 
 
 # --------------------------------------------------------------------------- compiled C++
+def source() -> str:
+    """The text of ``bsr_cpu.cpp``, as installed with the package."""
+    return resources.files(__package__).joinpath(SOURCE_FILE).read_text()
+
+
 def _cpu_id() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -242,42 +259,59 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def _build() -> ctypes.CDLL | None:
-    if os.environ.get("BSRNN_CPU_KERNEL") == "numba":
-        return None
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+def cache_dir() -> Path:
+    return Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
+
+
+def compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def library_path(src: str, cache: Path, cxx: str) -> Path:
+    """Where the library built from ``src`` lives: named by a hash of everything the build reads."""
+    key = hashlib.sha256("\n".join([src, cxx, " ".join(CXX_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
+    return Path(cache) / f"bsr_cpu_{key}.so"
+
+
+def build(src: str | None = None, cache: Path | None = None, cxx: str | None = None) -> Path:
+    """The shared library of ``src`` (default: the packaged ``bsr_cpu.cpp``), compiled unless the
+    cache already holds it. Raises ``OSError``/``subprocess.SubprocessError`` when the build fails."""
+    src = source() if src is None else src
+    cache = cache_dir() if cache is None else Path(cache)
+    cxx = cxx or compiler()
     if not cxx:
+        raise FileNotFoundError("no C++ compiler: set $CXX or install g++")
+    so = library_path(src, cache, cxx)
+    if so.exists():
+        return so
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        # compile the text that was hashed, not the package file, which may change meanwhile
+        cpp = Path(tmp) / SOURCE_FILE
+        cpp.write_text(src)
+        subprocess.run([cxx, *CXX_FLAGS, str(cpp), "-o", str(Path(tmp) / "k.so")], check=True,
+                       capture_output=True, text=True, timeout=600)
+        os.replace(Path(tmp) / "k.so", so)
+    return so
+
+
+@functools.cache
+def compiled() -> ctypes.CDLL | None:
+    """The compiled library (built on first use), or None when only numba is available."""
+    if os.environ.get("BSRNN_CPU_KERNEL") == "numba" or not compiler():
         return None
-    key = hashlib.sha256("\n".join([SOURCE, cxx, " ".join(CXX_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
-    so = cache / f"bsr_cpu_{key}.so"
-    if not so.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "bsr_cpu.cpp"
-                src.write_text(SOURCE)
-                subprocess.run([cxx, *CXX_FLAGS, str(src), "-o", str(Path(tmp) / "k.so")], check=True,
-                               capture_output=True, timeout=600)
-                os.replace(Path(tmp) / "k.so", so)
-        except (OSError, subprocess.SubprocessError) as e:
-            warnings.warn(f"bsrnn: building the C++ cpu kernel failed ({e}); using the numba kernel")
-            return None
+    try:
+        so = build()
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = (getattr(e, "stderr", None) or "").strip()[-800:]
+        warnings.warn(f"bsrnn: building the C++ cpu kernel failed ({e}{': ' + detail if detail else ''}); "
+                      "using the numba kernel")
+        return None
     lib = ctypes.CDLL(str(so))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.bsr_mm.argtypes = [I, I, P, P, P, P, I, P, P, I, L, P, L]
     lib.bsr_mm.restype = I
     return lib
-
-
-_LIB: list = []
-
-
-def compiled() -> ctypes.CDLL | None:
-    """The compiled library (built on first use), or None when only numba is available."""
-    if not _LIB:
-        _LIB.append(_build())
-    return _LIB[0]
 
 
 def retile(mat, h: int):
@@ -300,9 +334,12 @@ def retile(mat, h: int):
                      np.ascontiguousarray(vals, np.float32), mat.gates, mat.name)
 
 
-def _caller(fn):
+@functools.cache
+def _call():
     """A numba wrapper around the C entry point: ``arr.ctypes`` there is a free pointer, where
     ctypes from Python costs microseconds per argument — a visible share of a 7 µs GEMV."""
+    fn = compiled().bsr_mm
+
     @njit(nogil=True)
     def call(R, C, indptr, indices, values, bounds, nt, x, xt, vec, K, y, B):
         return fn(R, C, indptr.ctypes, indices.ctypes, values.ctypes, bounds.ctypes, nt, x.ctypes, xt.ctypes,
@@ -341,13 +378,10 @@ class Cpu(Kernel):
         # CSR gathers x per nonzero: worth it only while the batch is too narrow for bfma's rows
         vec = B < (CSR_VEC_MAX_BATCH if R * C == 1 else VEC_MAX_BATCH) and st["vec_ok"]
         xt = x if (B == 1 or not vec) else np.ascontiguousarray(x.T)
-        if _CALL[0] is None:
-            _CALL[0] = _caller(compiled().bsr_mm)
-        if _CALL[0](R, C, mat.indptr, mat.indices, st["values"], bounds, nt, x, xt, int(vec), k, y, B):
+        if _call()(R, C, mat.indptr, mat.indices, st["values"], bounds, nt, x, xt, int(vec), k, y, B):
             raise RuntimeError(f"cpu kernel has no specialisation for block {R}×{C}")
         return y
 
 
-_CALL: list = [None]
 _FALLBACK = register(Numba())
 register(Cpu())

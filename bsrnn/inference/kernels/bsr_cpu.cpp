@@ -1,24 +1,21 @@
-"""C++ source of the ``cpu`` kernel (compiled on first use by ``cpu.py``; KERNELS.md §5, §8).
-
-Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
-
-* ``vec`` (B < 8): each block's R·C values are 16-lane vectors multiplied lane-wise with the
-  x slice they meet (a 4-wide x slice is broadcast to 16 lanes by one ``vbroadcastf32x4``), NB
-  batch columns at once from a transposed x, reduced once per block row. No gather buffer and
-  no per-block horizontal sums: one weight load feeds NB FMAs — the weight bytes, the roofline's
-  numerator, are read exactly once.
-* ``csr`` (1×1, B < 4): 16 nonzeros per step, x gathered by index.
-* ``bfma`` (B >= 8): register-blocked micro-kernel; each weight is
-  broadcast against a 16/32/64-wide row of x (row-major (K, B)), RC rows × NV vectors of
-  accumulators, S interleaved partial sums so FMA latency never limits short blocks.
-
-Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
-compiler targets them), so code generation does not depend on an auto-vectoriser's mood — the
-numba pitfalls of KERNELS.md §6. Threads take contiguous block-row ranges balanced by nnz.
-"""
-
-SOURCE = r"""
-// Block-sparse (BSR) x dense kernels, explicit SIMD through GCC vector extensions.
+// Block-sparse (BSR) x dense kernels of the ``cpu`` kernel (bsrnn/inference/kernels/cpu.py builds
+// this file on first use with -O3 -march=native -fopenmp and loads it through ctypes).
+//
+// Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
+//
+// * vec (B < 8): each block's R*C values are 16-lane vectors multiplied lane-wise with the x
+//   slice they meet (a 4-wide x slice is broadcast to 16 lanes by one vbroadcastf32x4), NB batch
+//   columns at once from a transposed x, reduced once per block row. No gather buffer and no
+//   per-block horizontal sums: one weight load feeds NB FMAs, so the weight bytes (the
+//   roofline's numerator) are read exactly once.
+// * csr (1x1, B < 4): 16 nonzeros per step, x gathered by index.
+// * bfma (B >= 8): register-blocked micro-kernel; each weight is broadcast against a 16/32/64-wide
+//   row of x (row-major (K, B)), RC rows x NV vectors of accumulators, S interleaved partial sums
+//   so FMA latency never limits short blocks.
+//
+// Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
+// compiler targets them), so code generation does not depend on an auto-vectoriser's mood.
+// Threads take contiguous block-row ranges balanced by nonzero blocks (cpu.balance).
 #include <cstdint>
 #include <cstring>
 #include <omp.h>
@@ -275,4 +272,3 @@ extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const flo
 #undef CASE
   return -1;
 }
-"""
