@@ -1,8 +1,11 @@
-"""The compiled cpu kernel's build cache: keyed by the packaged .cpp, rebuilt when it changes."""
+"""The compiled cpu kernel as a process sees it: the build cache keyed by the packaged .cpp, and a
+library that leaves the floating-point mode alone."""
 
 import shutil
 import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from bsrnn.inference.kernels import cpu
@@ -35,3 +38,11 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
         cpu.build("this is not C++", tmp_path)
     assert "error" in e.value.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+
+@pytest.mark.skipif(cpu.compiled() is None, reason="needs the compiled cpu kernel")
+def test_loading_the_library_leaves_subnormals_alone():
+    # linked with -ffast-math, GCC's crtfastmath.o would turn on flush-to-zero process-wide at load
+    assert cpu.compiled() is not None  # loaded (at the latest) now, in this process
+    assert sys.float_info.min / 2 > 0 and np.float32(1e-39) * np.float32(0.5) > 0

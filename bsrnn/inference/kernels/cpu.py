@@ -6,7 +6,8 @@ contiguous R×(n·C) panel; gather the needed x rows, BB-way dot products; unsig
 Its kernels are closures over R, C and the batch tile BB, which numba compiles as constants.
 
 ``cpu`` is ``bsr_cpu.cpp`` (shipped as package data), compiled once per machine with the system
-C++ compiler (``$CXX`` or g++/c++, ``-O3 -march=native -ffast-math -fopenmp``) into ``$BSRNN_CACHE``
+C++ compiler (``$CXX`` or g++/c++, ``-O3 -march=native -ffast-math -fopenmp``, linked without
+fast-math so that loading it leaves the process's floating-point mode alone) into ``$BSRNN_CACHE``
 (default ``~/.cache/bsrnn``), named by a hash of the source text, compiler, flags and CPU (so an
 edited .cpp, another compiler or another CPU sharing the home directory builds its own library),
 built in a temporary directory and renamed (so concurrent first uses are safe) and loaded through
@@ -20,7 +21,7 @@ module called through pybind11, a cost of its own on every call of a GEMV of a f
 it needs neither torch's nor Python's headers, so it is not tied to the torch version or ABI;
 ``cpp_extension.load`` needs ninja, which bsrnn does not depend on; and its build directory is
 keyed by name, sources and flags but not by CPU, while ``-march=native`` code must not be reused
-on another CPU. The whole build is ``build`` below: one compiler command, one cache key.
+on another CPU. The whole build is ``build`` below: a compile and a link command, one cache key.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ from .base import Kernel, register
 
 SOURCE_FILE = "bsr_cpu.cpp"
 
-CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17"]  # compiling
+# Linking is a separate step without -ffast-math: given it, GCC links crtfastmath.o into the
+# library, whose constructor turns on flush-to-zero and denormals-are-zero for the whole process
+# the moment the library loads — every later numpy and torch result with a subnormal would change.
+LINK_FLAGS = ["-shared", "-fopenmp"]
 SPECIALISED = {(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)}  # the CASE list in the source
 VEC_MAX_BATCH = 8  # below this batch the vec path (transposed x) beats register-blocked bfma (measured: at
 # B = 8 bfma is 1.2–2.2× faster for 8×8…32×32 blocks and even for 4×4, its per-row reductions no longer pay)
@@ -269,7 +274,8 @@ def compiler() -> str | None:
 
 def library_path(src: str, cache: Path, cxx: str) -> Path:
     """Where the library built from ``src`` lives: named by a hash of everything the build reads."""
-    key = hashlib.sha256("\n".join([src, cxx, " ".join(CXX_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([src, cxx, " ".join(CXX_FLAGS), " ".join(LINK_FLAGS), _cpu_id()]).encode())
+    key = key.hexdigest()[:16]
     return Path(cache) / f"bsr_cpu_{key}.so"
 
 
@@ -289,9 +295,10 @@ def build(src: str | None = None, cache: Path | None = None, cxx: str | None = N
         # compile the text that was hashed, not the package file, which may change meanwhile
         cpp = Path(tmp) / SOURCE_FILE
         cpp.write_text(src)
-        subprocess.run([cxx, *CXX_FLAGS, str(cpp), "-o", str(Path(tmp) / "k.so")], check=True,
-                       capture_output=True, text=True, timeout=600)
-        os.replace(Path(tmp) / "k.so", so)
+        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
+        for cmd in ([cxx, *CXX_FLAGS, "-c", str(cpp), "-o", str(obj)], [cxx, *LINK_FLAGS, str(obj), "-o", str(lib)]):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        os.replace(lib, so)
     return so
 
 
