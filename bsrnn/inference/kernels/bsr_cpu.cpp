@@ -15,10 +15,10 @@
 //
 // Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
 // compiler targets them), so code generation does not depend on an auto-vectoriser's mood.
-// Threads take contiguous block-row ranges balanced by nonzero blocks (cpu.balance).
+// Block rows are cut into nt parts balanced by nonzero blocks (cpu.balance); OpenMP deals the
+// parts out to the team it actually starts, so every part is computed whatever its size.
 #include <cstdint>
 #include <cstring>
-#include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -253,15 +253,15 @@ static void rows(const i32* indptr, const i32* idx, const float* V, const float*
   for (; j < B; ++j) bfma_rows<R, C, float, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
 }
 
+// bounds holds nt + 1 block-row cuts. OpenMP may start fewer threads than nt asks for
+// (OMP_THREAD_LIMIT, OMP_DYNAMIC, a nested region), so the parts are a work-shared loop, not
+// one part per thread number: each part is computed exactly once whatever the team size.
 template <int R, int C>
 static void run(const i32* indptr, const i32* idx, const float* V, const i64* bounds, int nt,
                 const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
-  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[0], bounds[1]); return; }
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
-    rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
-  }
+  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[0], bounds[nt]); return; }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; ++t) rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
 }
 
 extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const float* V, const i64* bounds,

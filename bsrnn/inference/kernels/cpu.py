@@ -13,7 +13,8 @@ edited .cpp, another compiler or another CPU sharing the home directory builds i
 built in a temporary directory and renamed (so concurrent first uses are safe) and loaded through
 ctypes. Without a compiler, when the build fails, for block shapes it has no specialisation for,
 or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs the numba kernel — with the same results, only
-slower. Both split block rows over threads by nonzero blocks.
+slower. Both split block rows over threads by nonzero blocks; every part is computed whatever
+number of threads OpenMP or numba actually start.
 
 Why a hand-rolled compiler call and not ``torch.utils.cpp_extension``: the library is a plain C
 function that numba calls through its address (``_call``), where a torch extension is a Python
