@@ -87,7 +87,7 @@ def test_vector_and_torch_inputs_and_out_buffer():
     yt = K.matmul(mat, torch.from_numpy(x))
     assert isinstance(yt, torch.Tensor) and torch.allclose(yt, torch.from_numpy(w @ x), atol=1e-4)
     out = np.empty((64, 1), np.float32)
-    assert K.matmul(mat, x.reshape(48, 1), out=out) is not None
+    assert K.matmul(mat, x.reshape(48, 1), out=out) is out
     np.testing.assert_allclose(out[:, 0], w @ x, atol=1e-4)
 
 

@@ -228,7 +228,7 @@ class Numba(Kernel):
     def _run(self, st, x, out):
         mat = st["mat"]
         m, B = mat.matrix_shape[0], x.shape[1]
-        y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
+        y = out if out is not None else np.empty((m, B), np.float32)
         nt = num_threads()
         bounds = st["bounds"].get(nt)
         if bounds is None:
@@ -378,7 +378,7 @@ class Cpu(Kernel):
             st = st["small"]
             mat = st["mat"]
         m, k, R, C = st["dims"]
-        y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
+        y = out if out is not None else np.empty((m, B), np.float32)
         nt = _threads or num_threads()
         bounds = st["bounds"].get(nt)
         if bounds is None:
