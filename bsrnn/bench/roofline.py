@@ -46,17 +46,6 @@ class Foreign:
         return max(0.0, (db - ds) / _CLK / max(time.perf_counter() - self.t0, 1e-9))
 
 
-def wait_quiet(thresh: float = 0.15, probe: float = 0.4, max_wait: float = 60.0) -> float:
-    """Wait until other processes use < ``thresh`` cores (or ``max_wait`` passes); their load."""
-    end, mon = time.time() + max_wait, Foreign()
-    while True:
-        mon.start()
-        time.sleep(probe)
-        load = mon.stop()
-        if load < thresh or time.time() > end:
-            return load
-
-
 def per_call(f, n: int, warm: int = 2) -> float:
     for _ in range(warm):
         f()

@@ -38,7 +38,7 @@ VERSION = 1
 @dataclass(eq=False)
 class BsrMatrix:
     """One block-sparse matrix: ``values`` (nnzb, R, C) fp32, ``indices`` (nnzb,) and ``indptr``
-    (M/R + 1,) int32. ``shape`` is the original tensor shape (a conv kernel is tiled as its
+    (M/R + 1,) int32, all C-contiguous numpy arrays (``validate`` refuses anything else). ``shape`` is the original tensor shape (a conv kernel is tiled as its
     (out, in*k) matrix view). Kernels cache their prepared layouts in ``cache`` (built once)."""
 
     shape: tuple[int, ...]
@@ -77,23 +77,46 @@ class BsrMatrix:
         return torch.from_numpy(w.transpose(0, 2, 1, 3).reshape(self.shape).copy())
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming this matrix when its arrays are inconsistent."""
+        """Raise one ``ValueError`` naming this matrix when its arrays are not a valid BSR matrix.
+
+        Checked, in this order: each array is a C-contiguous numpy array of the documented dtype
+        (float32 values, int32 indices and indptr), the block tiles the matrix, the array shapes,
+        ``indptr`` rising from 0 to nnzb, block-column indices in range and no block stored twice
+        in a block row. Arrays of another dtype or layout are refused, not converted: a kernel
+        takes pointers into these very arrays, and a silent copy would double the memory of
+        every matrix built that way (``to_bsr`` and ``load`` always build conforming arrays; a
+        hand-built matrix converts with ``np.ascontiguousarray(a, np.int32)``). Every kernel
+        calls this once per matrix, before it prepares its layout."""
+        where = f"sparse matrix {self.name}"
+        for key, dtype in (("values", np.float32), ("indices", np.int32), ("indptr", np.int32)):
+            a = getattr(self, key)
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{where}: {key} is a {type(a).__name__}, not a numpy array")
+            if a.dtype != dtype:
+                raise ValueError(f"{where}: {key} has dtype {a.dtype}, must be {np.dtype(dtype)} "
+                                 f"(convert with np.ascontiguousarray({key}, np.{np.dtype(dtype)}))")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{where}: {key} is not C-contiguous (convert with np.ascontiguousarray)")
+        if (len(self.block) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in self.block)):
+            raise ValueError(f"{where}: block {self.block} must be two positive integers")
         m, k = self.matrix_shape
         r, c = self.block
-        where = f"sparse matrix {self.name}"
         if m % r or k % c:
             raise ValueError(f"{where}: block {r}×{c} does not tile its {m}×{k} matrix")
         nbr, nbc = m // r, k // c
         if self.indptr.shape != (nbr + 1,):
-            raise ValueError(f"{where}: indptr has {self.indptr.shape[0]} entries, expected {nbr + 1} (block rows + 1)")
+            raise ValueError(f"{where}: indptr has shape {self.indptr.shape}, expected ({nbr + 1},) (block rows + 1)")
+        if self.indices.ndim != 1:
+            raise ValueError(f"{where}: indices have shape {self.indices.shape}, expected (nnzb,)")
         if self.values.shape != (self.nnzb, r, c):
             raise ValueError(f"{where}: values have shape {self.values.shape}, expected {(self.nnzb, r, c)}")
         if self.indptr[0] != 0 or self.indptr[-1] != self.nnzb or np.any(np.diff(self.indptr) < 0):
             raise ValueError(f"{where}: indptr must rise from 0 to nnzb={self.nnzb}")
         if self.nnzb and (self.indices.min() < 0 or self.indices.max() >= nbc):
             raise ValueError(f"{where}: block-column indices must lie in [0, {nbc})")
-        if self.values.dtype != np.float32 or self.indices.dtype != np.int32 or self.indptr.dtype != np.int32:
-            raise ValueError(f"{where}: values must be float32 and indices/indptr int32")
+        rows = np.repeat(np.arange(nbr, dtype=np.int64), np.diff(self.indptr))
+        if np.unique(rows * nbc + self.indices).size != self.nnzb:
+            raise ValueError(f"{where}: a block is stored twice in one block row (duplicate block-column index)")
 
 
 def to_bsr(weight: torch.Tensor | np.ndarray, block: Block | int | str, gates: int = 1, *,

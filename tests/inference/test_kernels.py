@@ -87,7 +87,7 @@ def test_vector_and_torch_inputs_and_out_buffer():
     yt = K.matmul(mat, torch.from_numpy(x))
     assert isinstance(yt, torch.Tensor) and torch.allclose(yt, torch.from_numpy(w @ x), atol=1e-4)
     out = np.empty((64, 1), np.float32)
-    assert K.matmul(mat, x.reshape(48, 1), out=out) is not None
+    assert K.matmul(mat, x.reshape(48, 1), out=out) is out
     np.testing.assert_allclose(out[:, 0], w @ x, atol=1e-4)
 
 
@@ -130,3 +130,37 @@ def test_retile_is_exact():
     t.validate()
     assert t.block == (16, 16) and t.nnzb == 4 * mat.nnzb
     assert np.array_equal(t.to_dense().numpy(), w)
+
+
+def test_registry_names_are_re_exported_and_children_import_only_base():
+    import ast
+    from pathlib import Path
+
+    from bsrnn.inference.kernels import base
+
+    assert (K.Kernel, K.KERNELS, K.register, K.get, K.available, K.matmul) == (
+        base.Kernel, base.KERNELS, base.register, base.get, base.available, base.matmul)
+    # no kernel module imports from the package itself (its __init__ would be half-initialised)
+    for path in Path(base.__file__).parent.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module, f"{path.name} imports from the kernels package itself"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.level]
+                assert not inner, f"{path.name}:{node.name} imports a package module inside a function"
+
+
+def test_numba_batch_tile_must_be_one_it_has():
+    assert cpu.Numba(16).bb == 16
+    with pytest.raises(ValueError, match="bb=3 is not one of 1, 2, 4, 8, 16"):
+        cpu.Numba(3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bb", sorted(cpu.DOTS))
+def test_every_numba_batch_tile_matches_reference(bb):
+    mat, w = random_mat(24, 40, (4, 4), 0.4, seed=bb)
+    x = np.random.default_rng(bb).standard_normal((40, 2 * bb + 1)).astype(np.float32)  # tiles, then 1 by 1
+    np.testing.assert_allclose(cpu.Numba(bb)(mat, x), w.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@
 Dense: ``dense_torch_mm`` (``torch.mm(W, X)``, MKL), ``dense_torch_linear`` (``F.linear`` on
 the (B, K) transpose, what ``nn.Linear`` does) and ``dense_numpy`` (OpenBLAS). Sparse through
 PyTorch: ``csr_torch`` (int32 indices, 1.05–1.4× faster than int64, §6) and ``bsr_torch``
-(the ``to_sparse_bsr`` layout, MKL sparse BSR). torch and numpy allocate their outputs.
+(the ``to_sparse_bsr`` layout, MKL sparse BSR: square blocks only, any other block is refused
+at prepare with a ValueError). torch and numpy allocate their outputs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import Kernel, register
+from .base import Kernel, register
 
 
 def _ret(y, out):
@@ -70,6 +71,13 @@ class CsrTorch(Kernel):
 
 class BsrTorch(Kernel):
     name = "bsr_torch"
+
+    def unsupported(self, mat):
+        r, c = mat.block
+        if r != c:  # torch's CPU BSR × dense goes to MKL, whose BSR format has square blocks only
+            return (f"bsr_torch: torch's CPU BSR product (MKL sparse BLAS) supports only square blocks, "
+                    f"not {r}×{c}; use the cpu or csr_torch kernel")
+        return None
 
     def _prepare(self, mat):
         m, k = mat.matrix_shape

@@ -1,20 +1,34 @@
-"""The fast CPU kernels: ``cpu`` (compiled C++, see ``_cpu_source.py``) and ``numba``.
+"""The fast CPU kernels: ``cpu`` (compiled C++, ``bsr_cpu.cpp`` beside this file) and ``numba``.
 
 ``numba`` is the row-packed gather-and-dot kernel of KERNELS.md §5 (per block row one
 contiguous R×(n·C) panel; gather the needed x rows, BB-way dot products; unsigned indices,
 §6), kept both as the no-compiler fallback and as the measured anchor the benchmarks must beat.
+Its kernels are closures over R, C and the batch tile BB, which numba compiles as constants.
 
-``cpu`` is compiled once per machine with the system C++ compiler (``$CXX`` or g++/c++,
-``-O3 -march=native -fopenmp``) into ``$BSRNN_CACHE`` (default ``~/.cache/bsrnn``), named by a
-hash of source, flags and CPU, built in a temporary file and renamed (so concurrent first uses
-are safe) and loaded through ctypes. Without a compiler, when the build fails, for block shapes
-it has no specialisation for, or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs the numba kernel
-— with the same results, only slower. Both split block rows over threads by nonzero blocks.
+``cpu`` is ``bsr_cpu.cpp`` (shipped as package data), compiled once per machine with the system
+C++ compiler (``$CXX`` or g++/c++, ``-O3 -march=native -ffast-math -fopenmp``, linked without
+fast-math so that loading it leaves the process's floating-point mode alone) into ``$BSRNN_CACHE``
+(default ``~/.cache/bsrnn``), named by a hash of the source text, compiler, flags and CPU (so an
+edited .cpp, another compiler or another CPU sharing the home directory builds its own library),
+built in a temporary directory and renamed (so concurrent first uses are safe) and loaded through
+ctypes. Without a compiler, when the build fails, for block shapes it has no specialisation for,
+or with ``BSRNN_CPU_KERNEL=numba``, ``cpu`` runs the numba kernel — with the same results, only
+slower. Both split block rows over threads by nonzero blocks; every part is computed whatever
+number of threads OpenMP or numba actually start.
+
+Why a hand-rolled compiler call and not ``torch.utils.cpp_extension``: the library is a plain C
+function that numba calls through its address (``_call``), where a torch extension is a Python
+module called through pybind11, a cost of its own on every call of a GEMV of a few microseconds;
+it needs neither torch's nor Python's headers, so it is not tied to the torch version or ABI;
+``cpp_extension.load`` needs ninja, which bsrnn does not depend on; and its build directory is
+keyed by name, sources and flags but not by CPU, while ``-march=native`` code must not be reused
+on another CPU. The whole build is ``build`` below: a compile and a link command, one cache key.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -22,14 +36,22 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 
-from . import Kernel, register
-from ._cpu_source import SOURCE
+from ..export import BsrMatrix
+from .base import Kernel, register
 
-CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+SOURCE_FILE = "bsr_cpu.cpp"
+
+CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17"]  # compiling
+# Linking is a separate step without -ffast-math: given it, GCC links crtfastmath.o into the
+# library, whose constructor turns on flush-to-zero and denormals-are-zero for the whole process
+# the moment the library loads — every later numpy and torch result with a subnormal would change.
+LINK_FLAGS = ["-shared", "-fopenmp"]
 SPECIALISED = {(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)}  # the CASE list in the source
 VEC_MAX_BATCH = 8  # below this batch the vec path (transposed x) beats register-blocked bfma (measured: at
 # B = 8 bfma is 1.2–2.2× faster for 8×8…32×32 blocks and even for 4×4, its per-row reductions no longer pay)
@@ -58,40 +80,119 @@ def balance(indptr: np.ndarray, nt: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- numba (§5)
-U64 = np.uint64
-_NUMBA: dict = {}
+U64, F32 = np.uint64, np.float32
 
 
+# The BB-way dot products of one packed weight row (Wp[rowb:rowb+L]) with BB gathered x rows
+# (xg[:, :L]), written to out[row, b0:b0+BB]: one weight load feeds BB FMAs into BB scalar
+# accumulators, which only named locals keep in registers (an accumulator array is 4x slower).
+@njit(fastmath=True, inline="always")
+def _dot1(Wp, rowb, L, xg, out, row, b0):
+    s0 = F32(0.0)
+    for i in range(L):
+        s0 += Wp[rowb + i] * xg[0, i]
+    out[row, b0] = s0
+
+
+@njit(fastmath=True, inline="always")
+def _dot2(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+    out[row, b0] = s0
+    out[row, b0 + U64(1)] = s1
+
+
+@njit(fastmath=True, inline="always")
+def _dot4(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = s2 = s3 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+        s2 += w * xg[2, i]
+        s3 += w * xg[3, i]
+    for j, s in enumerate((s0, s1, s2, s3)):
+        out[row, b0 + U64(j)] = s
+
+
+@njit(fastmath=True, inline="always")
+def _dot8(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+        s2 += w * xg[2, i]
+        s3 += w * xg[3, i]
+        s4 += w * xg[4, i]
+        s5 += w * xg[5, i]
+        s6 += w * xg[6, i]
+        s7 += w * xg[7, i]
+    for j, s in enumerate((s0, s1, s2, s3, s4, s5, s6, s7)):
+        out[row, b0 + U64(j)] = s
+
+
+@njit(fastmath=True, inline="always")
+def _dot16(Wp, rowb, L, xg, out, row, b0):
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32(0.0)
+    s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = F32(0.0)
+    for i in range(L):
+        w = Wp[rowb + i]
+        s0 += w * xg[0, i]
+        s1 += w * xg[1, i]
+        s2 += w * xg[2, i]
+        s3 += w * xg[3, i]
+        s4 += w * xg[4, i]
+        s5 += w * xg[5, i]
+        s6 += w * xg[6, i]
+        s7 += w * xg[7, i]
+        s8 += w * xg[8, i]
+        s9 += w * xg[9, i]
+        s10 += w * xg[10, i]
+        s11 += w * xg[11, i]
+        s12 += w * xg[12, i]
+        s13 += w * xg[13, i]
+        s14 += w * xg[14, i]
+        s15 += w * xg[15, i]
+    for j, s in enumerate((s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15)):
+        out[row, b0 + U64(j)] = s
+
+
+DOTS = {1: _dot1, 2: _dot2, 4: _dot4, 8: _dot8, 16: _dot16}  # the batch tiles BB there are
+
+
+@functools.cache
 def _rowdot(R: int, C: int, BB: int):
-    """Generated so that R, C and BB are compile-time constants (KERNELS.md §5)."""
-    if (R, C, BB) in _NUMBA:
-        return _NUMBA[R, C, BB]
-    from numba import njit, prange
+    """The §5 kernel for R×C blocks and a batch tile of BB columns, compiled on first call.
 
-    L = ["def kern(indptr, indices, Wp, off, X, out, bounds, Lmax):",
-         "    B = U(X.shape[1])",
-         "    for t in prange(bounds.shape[0] - 1):",
-         f"        xg = np.empty(({BB}, Lmax), np.float32)",
-         "        for ib in range(U(bounds[t]), U(bounds[t + 1])):",
-         "            p0 = U(indptr[ib]); p1 = U(indptr[ib + U(1)])",
-         f"            L = (p1 - p0) * U({C}); base = U(off[ib])",
-         f"            for b0 in range(U(0), B - U({BB - 1}), U({BB})):",
-         "                q = U(0)",
-         "                for p in range(p0, p1):",
-         f"                    k0 = U(indices[p]) * U({C})",
-         f"                    for cc in range(U({C})):"]
-    L += [f"                        xg[{j}, q] = X[k0 + cc, b0 + U({j})]" for j in range(BB)]
-    L += ["                        q += U(1)",
-          f"                for rr in range(U({R})):",
-          "                    rowb = base + rr * L"]
-    L += [f"                    s{j} = np.float32(0.0)" for j in range(BB)]
-    L += ["                    for i in range(L):", "                        w = Wp[rowb + i]"]
-    L += [f"                        s{j} += w * xg[{j}, i]" for j in range(BB)]
-    L += [f"                    out[ib * U({R}) + rr, b0 + U({j})] = s{j}" for j in range(BB)]
-    g = {"np": np, "U": U64, "prange": prange}
-    exec("\n".join(L), g)
-    _NUMBA[R, C, BB] = k = njit(parallel=True, fastmath=True, cache=False)(g["kern"])
-    return k
+    A closure: numba freezes the free variables R, C, BB and ``dot`` as compile-time constants,
+    so each (R, C, BB) gets its own machine code with constant trip counts."""
+    if BB not in DOTS:
+        raise ValueError(f"numba kernel: batch tile {BB} is not one of {', '.join(map(str, DOTS))}")
+    dot = DOTS[BB]
+
+    def kern(indptr, indices, Wp, off, X, out, bounds, Lmax):
+        B = U64(X.shape[1])
+        for t in prange(bounds.shape[0] - 1):
+            xg = np.empty((BB, Lmax), np.float32)
+            for ib in range(U64(bounds[t]), U64(bounds[t + 1])):
+                p0, p1 = U64(indptr[ib]), U64(indptr[ib + U64(1)])
+                L, base = (p1 - p0) * U64(C), U64(off[ib])
+                for b0 in range(U64(0), B - U64(BB - 1), U64(BB)):
+                    q = U64(0)
+                    for p in range(p0, p1):
+                        k0 = U64(indices[p]) * U64(C)
+                        for cc in range(U64(C)):
+                            for j in range(U64(BB)):
+                                xg[j, q] = X[k0 + cc, b0 + j]
+                            q += U64(1)
+                    for rr in range(U64(R)):
+                        dot(Wp, base + rr * L, L, xg, out, ib * U64(R) + rr, b0)
+
+    return njit(parallel=True, fastmath=True, cache=False)(kern)
 
 
 def pack_rows(mat) -> tuple[np.ndarray, np.ndarray]:
@@ -107,11 +208,14 @@ def pack_rows(mat) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Numba(Kernel):
-    """KERNELS.md §5 as published; ``bb`` fixes the batch tile (default: min(B, 8), then 4, 2, 1)."""
+    """KERNELS.md §5 as published; ``bb`` fixes the batch tile, one of ``DOTS`` (default: tiles
+    of 8, then 4, 2 and 1 for the rest of the batch)."""
 
     name = "numba"
 
     def __init__(self, bb: int | None = None, name: str | None = None):
+        if bb is not None and bb not in DOTS:
+            raise ValueError(f"numba kernel: batch tile bb={bb} is not one of {', '.join(map(str, DOTS))}")
         self.bb = bb
         if name:
             self.name = name
@@ -124,7 +228,7 @@ class Numba(Kernel):
     def _run(self, st, x, out):
         mat = st["mat"]
         m, B = mat.matrix_shape[0], x.shape[1]
-        y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
+        y = out if out is not None else np.empty((m, B), np.float32)
         nt = num_threads()
         bounds = st["bounds"].get(nt)
         if bounds is None:
@@ -148,6 +252,11 @@ class Numba(Kernel):
 
 
 # --------------------------------------------------------------------------- compiled C++
+def source() -> str:
+    """The text of ``bsr_cpu.cpp``, as installed with the package."""
+    return resources.files(__package__).joinpath(SOURCE_FILE).read_text()
+
+
 def _cpu_id() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -156,42 +265,61 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def _build() -> ctypes.CDLL | None:
-    if os.environ.get("BSRNN_CPU_KERNEL") == "numba":
-        return None
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+def cache_dir() -> Path:
+    return Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
+
+
+def compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def library_path(src: str, cache: Path, cxx: str) -> Path:
+    """Where the library built from ``src`` lives: named by a hash of everything the build reads."""
+    key = hashlib.sha256("\n".join([src, cxx, " ".join(CXX_FLAGS), " ".join(LINK_FLAGS), _cpu_id()]).encode())
+    key = key.hexdigest()[:16]
+    return Path(cache) / f"bsr_cpu_{key}.so"
+
+
+def build(src: str | None = None, cache: Path | None = None, cxx: str | None = None) -> Path:
+    """The shared library of ``src`` (default: the packaged ``bsr_cpu.cpp``), compiled unless the
+    cache already holds it. Raises ``OSError``/``subprocess.SubprocessError`` when the build fails."""
+    src = source() if src is None else src
+    cache = cache_dir() if cache is None else Path(cache)
+    cxx = cxx or compiler()
     if not cxx:
+        raise FileNotFoundError("no C++ compiler: set $CXX or install g++")
+    so = library_path(src, cache, cxx)
+    if so.exists():
+        return so
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        # compile the text that was hashed, not the package file, which may change meanwhile
+        cpp = Path(tmp) / SOURCE_FILE
+        cpp.write_text(src)
+        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
+        for cmd in ([cxx, *CXX_FLAGS, "-c", str(cpp), "-o", str(obj)], [cxx, *LINK_FLAGS, str(obj), "-o", str(lib)]):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        os.replace(lib, so)
+    return so
+
+
+@functools.cache
+def compiled() -> ctypes.CDLL | None:
+    """The compiled library (built on first use), or None when only numba is available."""
+    if os.environ.get("BSRNN_CPU_KERNEL") == "numba" or not compiler():
         return None
-    key = hashlib.sha256("\n".join([SOURCE, cxx, " ".join(CXX_FLAGS), _cpu_id()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
-    so = cache / f"bsr_cpu_{key}.so"
-    if not so.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "bsr_cpu.cpp"
-                src.write_text(SOURCE)
-                subprocess.run([cxx, *CXX_FLAGS, str(src), "-o", str(Path(tmp) / "k.so")], check=True,
-                               capture_output=True, timeout=600)
-                os.replace(Path(tmp) / "k.so", so)
-        except (OSError, subprocess.SubprocessError) as e:
-            warnings.warn(f"bsrnn: building the C++ cpu kernel failed ({e}); using the numba kernel")
-            return None
+    try:
+        so = build()
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = (getattr(e, "stderr", None) or "").strip()[-800:]
+        warnings.warn(f"bsrnn: building the C++ cpu kernel failed ({e}{': ' + detail if detail else ''}); "
+                      "using the numba kernel")
+        return None
     lib = ctypes.CDLL(str(so))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.bsr_mm.argtypes = [I, I, P, P, P, P, I, P, P, I, L, P, L]
     lib.bsr_mm.restype = I
     return lib
-
-
-_LIB: list = []
-
-
-def compiled() -> ctypes.CDLL | None:
-    """The compiled library (built on first use), or None when only numba is available."""
-    if not _LIB:
-        _LIB.append(_build())
-    return _LIB[0]
 
 
 def retile(mat, h: int):
@@ -200,8 +328,6 @@ def retile(mat, h: int):
     32×32 blocks give the small-batch path 64 vectors per block, more than it keeps in
     registers, so it makes strided passes over each block; as 16×16 tiles every pass reads
     whole tiles (measured 4–40 % faster at B = 1–4, 1 thread)."""
-    from ..export import BsrMatrix
-
     (R, C), n = mat.block, mat.nnzb
     fr, fc = R // h, C // h
     row = np.repeat(np.arange(len(mat.indptr) - 1), np.diff(mat.indptr))
@@ -216,10 +342,11 @@ def retile(mat, h: int):
                      np.ascontiguousarray(vals, np.float32), mat.gates, mat.name)
 
 
-def _caller(fn):
+@functools.cache
+def _call():
     """A numba wrapper around the C entry point: ``arr.ctypes`` there is a free pointer, where
     ctypes from Python costs microseconds per argument — a visible share of a 7 µs GEMV."""
-    from numba import njit
+    fn = compiled().bsr_mm
 
     @njit(nogil=True)
     def call(R, C, indptr, indices, values, bounds, nt, x, xt, vec, K, y, B):
@@ -251,7 +378,7 @@ class Cpu(Kernel):
             st = st["small"]
             mat = st["mat"]
         m, k, R, C = st["dims"]
-        y = out.reshape(m, B) if out is not None else np.empty((m, B), np.float32)
+        y = out if out is not None else np.empty((m, B), np.float32)
         nt = _threads or num_threads()
         bounds = st["bounds"].get(nt)
         if bounds is None:
@@ -259,13 +386,10 @@ class Cpu(Kernel):
         # CSR gathers x per nonzero: worth it only while the batch is too narrow for bfma's rows
         vec = B < (CSR_VEC_MAX_BATCH if R * C == 1 else VEC_MAX_BATCH) and st["vec_ok"]
         xt = x if (B == 1 or not vec) else np.ascontiguousarray(x.T)
-        if _CALL[0] is None:
-            _CALL[0] = _caller(compiled().bsr_mm)
-        if _CALL[0](R, C, mat.indptr, mat.indices, st["values"], bounds, nt, x, xt, int(vec), k, y, B):
+        if _call()(R, C, mat.indptr, mat.indices, st["values"], bounds, nt, x, xt, int(vec), k, y, B):
             raise RuntimeError(f"cpu kernel has no specialisation for block {R}×{C}")
         return y
 
 
-_CALL: list = [None]
 _FALLBACK = register(Numba())
 register(Cpu())

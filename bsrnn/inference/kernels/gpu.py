@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import Kernel, register
+from .base import Kernel, register
 
 
 class BsrCuda(Kernel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import Kernel, register
+from .base import Kernel, register
 
 
 class Reference(Kernel):

@@ -1,27 +1,24 @@
-"""C++ source of the ``cpu`` kernel (compiled on first use by ``cpu.py``; KERNELS.md §5, §8).
-
-Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
-
-* ``vec`` (B < 8): each block's R·C values are 16-lane vectors multiplied lane-wise with the
-  x slice they meet (a 4-wide x slice is broadcast to 16 lanes by one ``vbroadcastf32x4``), NB
-  batch columns at once from a transposed x, reduced once per block row. No gather buffer and
-  no per-block horizontal sums: one weight load feeds NB FMAs — the weight bytes, the roofline's
-  numerator, are read exactly once.
-* ``csr`` (1×1, B < 4): 16 nonzeros per step, x gathered by index.
-* ``bfma`` (B >= 8): register-blocked micro-kernel; each weight is
-  broadcast against a 16/32/64-wide row of x (row-major (K, B)), RC rows × NV vectors of
-  accumulators, S interleaved partial sums so FMA latency never limits short blocks.
-
-Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
-compiler targets them), so code generation does not depend on an auto-vectoriser's mood — the
-numba pitfalls of KERNELS.md §6. Threads take contiguous block-row ranges balanced by nnz.
-"""
-
-SOURCE = r"""
-// Block-sparse (BSR) x dense kernels, explicit SIMD through GCC vector extensions.
+// Block-sparse (BSR) x dense kernels of the ``cpu`` kernel (bsrnn/inference/kernels/cpu.py builds
+// this file on first use with -O3 -march=native -fopenmp and loads it through ctypes).
+//
+// Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
+//
+// * vec (B < 8): each block's R*C values are 16-lane vectors multiplied lane-wise with the x
+//   slice they meet (a 4-wide x slice is broadcast to 16 lanes by one vbroadcastf32x4), NB batch
+//   columns at once from a transposed x, reduced once per block row. No gather buffer and no
+//   per-block horizontal sums: one weight load feeds NB FMAs, so the weight bytes (the
+//   roofline's numerator) are read exactly once.
+// * csr (1x1, B < 4): 16 nonzeros per step, x gathered by index.
+// * bfma (B >= 8): register-blocked micro-kernel; each weight is broadcast against a 16/32/64-wide
+//   row of x (row-major (K, B)), RC rows x NV vectors of accumulators, S interleaved partial sums
+//   so FMA latency never limits short blocks.
+//
+// Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
+// compiler targets them), so code generation does not depend on an auto-vectoriser's mood.
+// Block rows are cut into nt parts balanced by nonzero blocks (cpu.balance); OpenMP deals the
+// parts out to the team it actually starts, so every part is computed whatever its size.
 #include <cstdint>
 #include <cstring>
-#include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -256,15 +253,15 @@ static void rows(const i32* indptr, const i32* idx, const float* V, const float*
   for (; j < B; ++j) bfma_rows<R, C, float, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
 }
 
+// bounds holds nt + 1 block-row cuts. OpenMP may start fewer threads than nt asks for
+// (OMP_THREAD_LIMIT, OMP_DYNAMIC, a nested region), so the parts are a work-shared loop, not
+// one part per thread number: each part is computed exactly once whatever the team size.
 template <int R, int C>
 static void run(const i32* indptr, const i32* idx, const float* V, const i64* bounds, int nt,
                 const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
-  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[0], bounds[1]); return; }
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
-    rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
-  }
+  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[0], bounds[nt]); return; }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; ++t) rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
 }
 
 extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const float* V, const i64* bounds,
@@ -275,4 +272,3 @@ extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const flo
 #undef CASE
   return -1;
 }
-"""
