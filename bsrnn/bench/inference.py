@@ -1,4 +1,4 @@
-"""``bsrnn bench inference``: whole recurrent layers, sparse runtime vs PyTorch (PAPER.md §6, §9).
+"""``bsrnn bench inference``: whole recurrent layers, sparse runtime vs PyTorch (docs/method.md §15, §18).
 
 The paper's two layers: a GRU of 2560 units at 95 % sparsity and an RNN of 1760 units at 90 %,
 4×4 blocks, batch 1, 100 time steps — ``SparseRecurrent`` against ``torch.nn.GRU``/``nn.RNN``

@@ -1,10 +1,10 @@
-"""``bsrnn bench kernels``: the paper's speed-up figures 5–6 (PAPER.md §9) on this CPU.
+"""``bsrnn bench kernels``: the paper's speed-up figures 5–6 (docs/method.md §18) on this CPU.
 
 Y = W·X for 1760×1760 at 90 % and 7680×2560 at 95 % sparsity, batch 1…64, CSR and 4…32 blocks:
-our ``cpu`` kernel, the KERNELS.md §5 numba kernel (its best batch tile chosen by pre-timing, as
-the reference script does), torch CSR/BSR and the three dense calls — each cell's share of the
-roofline (KERNELS.md §2) from limits measured in the same run. Timing follows KERNELS.md §4.1:
-rounds interleave every method, ratios are taken within a round, medians over rounds; the
+our ``cpu`` kernel, the reference numba kernel of docs/kernels.md §5 (its best batch tile chosen by
+pre-timing), torch CSR/BSR and the three dense calls — each cell's share of the
+roofline (docs/kernels.md §9) from limits measured in the same run. Timing follows docs/kernels.md
+§8: rounds interleave every method, ratios are taken within a round, medians over rounds; the
 foreign CPU load and ``os.getloadavg()`` are recorded per round. Writes ``kernels.json``,
 ``kernels.csv`` and figures that ``plot`` draws from the JSON alone.
 """
@@ -56,7 +56,7 @@ def _methods(mats, Wd, X, B):
         ref = mat.to_dense().numpy() @ X
         scale = float(np.abs(ref).max()) + 1e-12
         best = None
-        for bb in sorted({min(B, 8), min(B, 16)}):  # the reference script's pre-timing
+        for bb in sorted({min(B, 8), min(B, 16)}):  # pre-timing picks the tile (docs/kernels.md §5)
             k = Numba(bb, name=f"numba_bb{bb}")
             y = np.empty((mat.matrix_shape[0], B), np.float32)
             f = (lambda k=k, y=y, mat=mat: k(mat, X, y))
@@ -134,7 +134,7 @@ def run(out_dir="benchmarks/kernels", quick=False, threads=None, rounds=11, targ
         Wd = rng.standard_normal((M, K), dtype=np.float32) * np.float32(0.05)
         for B in batches:
             rows += run_cell(M, K, s, B, mats, Wd, rounds, target, rng, log)
-    for r in rows:  # the roofline columns (KERNELS.md §2), from this run's limits
+    for r in rows:  # the roofline columns (docs/kernels.md §9), from this run's limits
         r["ideal_us"] = rf.ideal_s(roof, r["M"], r["K"], r["batch"], r["block"], r["nnzb"]) * 1e6
         r["attained"] = r["ideal_us"] / r["median_us"]
         r["vs_dense_roofline"] = rf.ideal_s(roof, r["M"], r["K"], r["batch"], 0, 0) * 1e6 / r["median_us"]

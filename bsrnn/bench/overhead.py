@@ -1,14 +1,14 @@
 """``bsrnn bench overhead``: what the sparsity methods cost inside a training step.
 
-Times, in interleaved rounds on the same model and batch (CALIBRATION.md's GRU 3×256 speech
-model, batch 24 × 230 frames by default): a plain training step (forward, CTC, backward, Adam);
-``BlockPruning.step`` at a mask-update step and at an ordinary step (masks applied in place,
-also to Adam's moments); and the group-lasso ``penalty()`` with its backward. Each is reported
-as a share of the training step, medians over rounds, with the issue's goals:
-BP at freq 100 <= 2 %, mask application every step <= 3 %, GL <= 10 %. It also times the
-same training step with the GRU run on a PackedSequence (equal lengths, as in the trainer's
-length-bucketed batches) (``rnn_input = "packed"``) against the
-default padded path (``padded_recurrent``), since that choice sets the speed of every run.
+Times, in interleaved rounds on the same model and batch (the GRU 3×256 CPU speech
+model of docs/training-on-cpu.md §3, batch 24 × 230 frames by default): a plain training step
+(forward, CTC, backward, Adam); ``BlockPruning.step`` at a mask-update step and at an ordinary step
+(masks applied in place, also to Adam's moments); and the group-lasso ``penalty()`` with its
+backward. Each is reported as a share of the training step, medians over rounds, with the issue's
+goals: BP at freq 100 <= 2 %, mask application every step <= 3 %, GL <= 10 %. It also times the same
+training step with the GRU run on a PackedSequence (equal lengths, as in the trainer's
+length-bucketed batches) (``rnn_input = "packed"``) against the default padded path
+(``padded_recurrent``), since that choice sets the speed of every run.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def measure(preset: str = "gru256", batch: int = 24, frames: int = 230, rounds: 
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--preset", default="gru256", help="model preset to time (default: gru256, CALIBRATION.md)")
+    p.add_argument("--preset", default="gru256", help="model preset to time (default: gru256, docs/training-on-cpu.md §3)")
     p.add_argument("--batch", type=int, default=24)
     p.add_argument("--frames", type=int, default=230)
     p.add_argument("--rounds", type=int, default=11)

@@ -1,4 +1,4 @@
-"""Machine limits for the roofline of KERNELS.md §2–3, measured in the same run as the kernels.
+"""Machine limits for the roofline of docs/kernels.md §9, measured in the same run as the kernels.
 
     t_ideal = max((S + 4·(K·B + M·B)) / BW(S), 2·nnz·B / P)
 
@@ -94,7 +94,7 @@ def sgemm_peak(sizes=(1024, 2048)) -> dict:
     for n in sizes:
         A, B = torch.randn(n, n), torch.randn(n, n)
         peak[f"torch_{n}"] = 2 * n**3 / min(per_call(lambda: torch.mm(A, B), 2, warm=1) for _ in range(3)) / 1e9
-    time.sleep(0.05)  # let torch's OpenMP pool stop spinning before OpenBLAS starts (KERNELS.md §6)
+    time.sleep(0.05)  # let torch's OpenMP pool stop spinning before OpenBLAS starts (docs/kernels.md §10)
     for n in sizes:
         A = np.random.standard_normal((n, n)).astype(np.float32)
         B = np.random.standard_normal((n, n)).astype(np.float32)

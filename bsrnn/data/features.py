@@ -2,7 +2,7 @@
 
 The paper's models read spectrograms of 16 kHz audio with a 10 ms hop (§4.1, after Deep
 Speech 2). We use 80 log-mel bins from ``torch.stft`` (torchaudio does not load beside torch
-2.13, see ECOSYSTEM.md §3), so the mel filterbank is written here: HTK mel scale, triangles
+2.13, see docs/data.md §3), so the mel filterbank is written here: HTK mel scale, triangles
 evaluated at the FFT bin frequencies, no area normalisation (as torchaudio's
 ``melscale_fbanks(norm=None, mel_scale="htk")``).
 

@@ -1,7 +1,7 @@
 """The embedded speech corpus: WordNet prompts voiced offline by espeak-ng and flite.
 
 The paper trains on 2,100 h of English speech (§4.1) that the project cannot ship. This module
-makes a labelled stand-in from Debian packages only (see ECOSYSTEM.md §1.1): each WordNet
+makes a labelled stand-in from Debian packages only (see docs/data.md §1): each WordNet
 example phrase is voiced once by a randomly drawn voice, resampled to 16 kHz, trimmed to about
 0.1 s of silence at each end, mixed with white noise at 10–30 dB SNR and stored as a 16-bit
 mono WAV with a manifest row holding every synthesis setting.

@@ -1,6 +1,6 @@
 """Offline text corpora for language modelling: documents, splits, vocabularies, cached tensors.
 
-BSRNN §1 names language modelling as a domain for sparse recurrent networks; ECOSYSTEM.md §2
+BSRNN §1 names language modelling as a domain for sparse recurrent networks; docs/data.md §4
 lists the text a fresh machine can get offline. Sources, each read as a list of *documents*:
 
 * ``wordnet`` (default): the gloss of every synset in ``/usr/share/wordnet/data.*`` (the text

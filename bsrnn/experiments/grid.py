@@ -1,6 +1,6 @@
 """The experiment grid of ``bsrnn reproduce``: which runs make each of the paper's tables.
 
-BSRNN Tables 2–4 (PAPER.md §8) at CPU scale. Every run is a ``bsrnn train`` of one base
+BSRNN Tables 2–4 (docs/method.md §17) at CPU scale. Every run is a ``bsrnn train`` of one base
 configuration (``configs/reproduce.toml``) with a few ``--set`` overrides; runs shared by two
 tables (the 4×4 BP model is in Tables 1 and 3, and the sweep) are trained once.
 
@@ -28,14 +28,14 @@ class Scale:
     batch_size: int = 24
     conv_channels: int = 32  # channels of both conv layers (the front end is ~40 % of a step)
     # pruning window (start, ramp, end) as fractions of training, per family: start once the
-    # family has left CTC's all-blank phase (CALIBRATION.md §5), keep the rest to recover
+    # family has left CTC's all-blank phase (docs/training-on-cpu.md §8), keep the rest to recover
     prune_window: dict = field(default_factory=lambda: {"gru": (0.25, 0.4, 0.55), "rnn": (0.25, 0.4, 0.55)})
     held_out: tuple[int, int, int] = (300, 300, 200)  # dev, test, test_unseen_voices utterances
     lr: dict = field(default_factory=lambda: {"gru": 1.5e-3, "rnn": 1.0e-3})
     gl_lambda: float = 3e-4  # GL alone: large (proximal, exact zeros)
     glp_lambda: float = 3e-5  # GLP: small, while pruning runs
     # GL alone with Adam hovers blocks near zero instead of at it (Adam's step regrows what the
-    # proximal step zeroes), so exact zeros need a final block threshold (PAPER.md §3.2) on the
+    # proximal step zeroes), so exact zeros need a final block threshold (docs/method.md §11) on the
     # block score (max |w|); None = report the exact zeros only.
     gl_final_threshold: float | None = None
 
@@ -45,8 +45,9 @@ SCALES = {
     "tiny": Scale("tiny", n_utts=100, epochs=2, widths={"gru": (32, 48), "rnn": (32, 48)},
                   layers={"gru": 1, "rnn": 1}, freq=2, batch_size=8, held_out=(12, 12, 8)),
     # The committed results: ~540 steps of batch 24 per run, so the 30 runs fit in about 2 hours
-    # on 2 cores (CALIBRATION.md: more data beats more epochs at equal compute). A 16-channel conv
-    # front end halves a step's cost; the small dense model's width is solved by matched_width.
+    # on 2 cores (docs/training-on-cpu.md §7: more data beats more epochs at equal compute). A
+    # 16-channel conv front end halves a step's cost; the small dense model's width is solved by
+    # matched_width.
     "small": Scale("small", n_utts=4000, epochs=4, widths={"gru": (128, 192), "rnn": (128, 192)},
                    layers={"gru": 3, "rnn": 3}, freq=10, conv_channels=16,
                    lr={"gru": 1.5e-3, "rnn": 1.5e-3},

@@ -1,13 +1,13 @@
 """The main job: a dense and a block-pruned speech model, side by side in the paper's table.
 
-BSRNN Table 2 (PAPER.md §8) compares dense models with block-pruned (BP, 4×4) ones by the
+BSRNN Table 2 (docs/method.md §17) compares dense models with block-pruned (BP, 4×4) ones by the
 number of nonzero parameters, the sparsity against the dense model, the CER and the relative
 performance ``(CER_dense − CER) / CER_dense``. This job makes the CPU-sized version of one such
 pair: it generates the default synthetic corpus (skipped when present), trains a small dense
 bidirectional GRU (``configs/main_dense.toml``) and the same model pruned to ~90 % in 4×4
 blocks (``configs/main_bp.toml``), evaluates both on the held-out-prompt test split and the
 unseen-voice test split, and writes ``results.json``/``results.md`` with the command that made
-them. Sized by CALIBRATION.md to take about 20 minutes on 2 cores.
+them. Sized to take about 20 minutes on 2 cores (docs/training-on-cpu.md §7).
 
 The two runs are ordinary ``bsrnn train`` jobs of ``runner.py``, as the reproduction grid's are:
 a finished run is reused, an interrupted one resumes, one made with other ``--set`` overrides is

@@ -5,7 +5,7 @@ report can be rewritten at any time (``--report-only``). Each run's evidence is 
 ``<out>/runs/<run>.json`` (its report and sparsity history), which is committed: the report can
 be rewritten from those alone on a machine that never had the run directories. Relative Perf is
 ``(CER_dense − CER) / CER_dense`` against the dense model of the same family and width W, as in
-PAPER.md §8; # Params counts nonzero parameters; Sparsity is against the whole dense model.
+docs/method.md §17; # Params counts nonzero parameters; Sparsity is against the whole dense model.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .recipe import made_by
 SPLIT = "test"  # held-out prompts: the stand-in for the paper's test set
 BLANK_CER = 90.0  # at or above this CER a CTC model has not left the all-blank phase: it did not learn
 
-# The paper's rows (PAPER.md §8), as (label, algorithm or block, params M, sparsity %, CER).
+# The paper's rows (docs/method.md §17), as (label, algorithm or block, params M, sparsity %, CER).
 PAPER = {
     "table1": [("RNN Dense 1760", "N/A", 67, 0.0, 15.36), ("RNN Dense 704", "N/A", 11.6, 0.0, 18.95),
                ("RNN Sparse 1760", "BP", 7.3, 89.2, 17.93), ("RNN Sparse 2560", "GLP", 12.9, 90.8, 15.89),

@@ -1,11 +1,11 @@
 """``bsrnn reproduce``: train the grid of ``grid.py`` and write the paper's tables and figures.
 
 Runs go to ``<runs>/<scale>/<run name>`` as ordinary ``bsrnn train`` runs, several at once (one
-torch thread each: CALIBRATION.md §3 found two 1-thread runs as fast as one 2-thread run). A run
-whose ``report.json`` exists is skipped; an interrupted one resumes from its ``last.pt``. So the
-command can be stopped and started again at any time, also across machines' sessions, and it
-picks up where it was. Then ``report.py`` writes ``REPORT.md``, ``results.json`` and figures.
-(``runner.py`` runs the jobs; a run directory made by another recipe is moved aside.)
+torch thread each: docs/training-on-cpu.md §4 measured two 1-thread runs at least as fast as one
+2-thread run). A run whose ``report.json`` exists is skipped; an interrupted one resumes from its
+``last.pt``. So the command can be stopped and started again at any time, also across machines'
+sessions, and it picks up where it was. Then ``report.py`` writes ``REPORT.md``, ``results.json``
+and figures. (``runner.py`` runs the jobs; a run directory made by another recipe is moved aside.)
 """
 
 from __future__ import annotations

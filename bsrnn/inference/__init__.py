@@ -5,7 +5,7 @@
     y = matmul(exp.sparse["rnn.weight_hh_l0"], x)                          # Y = W·X, cpu kernel
     sparsify_(model, exp)                                                  # run the RNNs sparse
 
-Reads only exported files and ``bsrnn.sparsity.blocks`` (DESIGN.md import rule); the export step
+Reads only exported files and ``bsrnn.sparsity.blocks`` (docs/architecture.md §3); the export step
 may consult ``sparsity.targets`` to know which matrices were pruned.
 """
 

@@ -1,7 +1,7 @@
 """``bsrnn export`` (checkpoint -> BSR file) and ``bsrnn export-report`` (size report of a file).
 
 Only these commands reach into training (to rebuild the model a checkpoint describes); the
-inference package itself reads exported files alone (DESIGN.md import rule).
+inference package itself reads exported files alone (docs/architecture.md §3).
 """
 
 from __future__ import annotations

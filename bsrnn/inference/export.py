@@ -1,16 +1,16 @@
 """Export: trained dense-with-zeros weights -> a block-sparse (BSR) file, and back.
 
-The paper's point (BSRNN §1, §6; PAPER.md §9 figures 5–6) is that block-sparse weights make
+The paper's point (BSRNN §1, §6; docs/method.md §18 figures 5–6) is that block-sparse weights make
 inference faster and the model smaller. Training hands us ordinary dense weights holding zeros
-(DESIGN.md "flow of data"); this module turns the pruned matrices into BSR — per matrix the
+(docs/architecture.md §1); this module turns the pruned matrices into BSR — per matrix the
 nonzero blocks' ``values`` (nnzb, R, C) fp32, their block-column ``indices`` and the block-row
-pointers ``indptr`` (int32, the layout KERNELS.md §2 counts bytes for) — and keeps every other
-tensor (biases, norms, convolutions) dense so the whole model can be rebuilt.
+pointers ``indptr`` (int32, the layout whose bytes docs/kernels.md §2 counts) — and keeps every
+other tensor (biases, norms, convolutions) dense so the whole model can be rebuilt.
 
 File format: one safetensors file (never pickle, so loading runs no code). Arrays are named
 ``<param>.values|indices|indptr`` for sparse matrices and ``<param>`` for dense tensors; the
 safetensors metadata key ``bsrnn`` holds a JSON header: format version, per-matrix shape, block,
-gate slices (a block never straddles two gates, DESIGN.md rule 5), kind and nnzb; the recurrent
+gate slices (a block never straddles two gates, docs/method.md §6), kind and nnzb; the recurrent
 modules' hyper-parameters (so ``rnn.py`` can rebuild them) and the source config. ``load``
 checks the header against the arrays and raises one clear ``ValueError`` when they disagree.
 """

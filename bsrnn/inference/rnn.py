@@ -1,5 +1,6 @@
 """Sparse recurrent runtime: block-sparse RNN (tanh, ReLU, clipped ReLU), GRU and LSTM layers for
-inference over a whole sequence (PAPER.md §6 models, §9 figures 5–6; KERNELS.md §8 "fused gates").
+inference over a whole sequence (docs/method.md §15 models, §18 figures 5–6; docs/kernels.md §7
+"fused gates").
 
 Per layer and direction the input projection of *all* time steps is one batched sparse GEMM
 (W_ih · X with X of T·B columns — the compute-bound, well-vectorised case), then each step does

@@ -1,12 +1,12 @@
-"""Deep Speech 2 style acoustic models: the RNN and GRU models of BSRNN (PAPER.md §6).
+"""Deep Speech 2 style acoustic models: the RNN and GRU models of BSRNN (docs/method.md §15).
 
 Narang, Undersander & Diamos (2017) prune two Deep Speech 2 models (Amodei et al. 2016):
 the **RNN model** (2 conv layers, 7 bidirectional simple recurrent layers with clipped ReLU,
 1 fully connected layer, CTC output) and the **GRU model** (2 conv layers, 3 GRU layers, a row
 convolution, CTC output). This file builds both, an LSTM variant, and small CPU presets.
 
-The conv front end is the light one of CALIBRATION.md §3 (5×11 kernels, 32 channels, total time
-stride 2): Deep Speech 2's 11×41 kernels cost twice as much on CPUs for nothing at this scale,
+The conv front end is the light one of docs/training-on-cpu.md §3 (5×11 kernels, 32 channels, total
+time stride 2): Deep Speech 2's 11×41 kernels cost twice as much on CPUs for nothing at this scale,
 and a time stride of 4 leaves too few frames per character for CTC.
 
 Every model maps ``(features (N, T, 80), lengths (N,))`` to ``(log_probs (T', N, 29),
@@ -49,7 +49,7 @@ def conv_out_length(lengths: torch.Tensor, kernel: int, stride: int, padding: in
 class ConvFrontEnd(nn.Module):
     """Two Conv2d + BatchNorm + clipped ReLU layers over (time, frequency); time stride 2."""
 
-    # (kernel, stride, padding) per layer, each (time, freq): CALIBRATION.md §3
+    # (kernel, stride, padding) per layer, each (time, freq): docs/training-on-cpu.md §3
     LAYERS = (((5, 11), (2, 2), (2, 5)), ((5, 11), (1, 2), (2, 5)))
 
     def __init__(self, n_mels: int = 80, channels: int = 32):
@@ -183,12 +183,13 @@ class ModelSpec:
 
 
 PRESETS: dict[str, ModelSpec] = {
-    # The paper's models (PAPER.md §6). The GRU model is forward-only with a row convolution.
+    # The paper's models (docs/method.md §15). The GRU model is forward-only with a row convolution.
     "rnn1760": ModelSpec("rnn", 1760, 7, True, 0, 1760),
     "rnn704": ModelSpec("rnn", 704, 7, True, 0, 704),
     "gru2560": ModelSpec("gru", 2560, 3, False, 20),
     "gru704": ModelSpec("gru", 704, 3, False, 20),
-    # CPU presets (CALIBRATION.md): a bidirectional GRU already sees the future, so no row conv.
+    # CPU presets (docs/training-on-cpu.md §3): a bidirectional GRU already sees the future, so no
+    # row conv.
     "gru256": ModelSpec("gru", 256, 3),
     "gru160": ModelSpec("gru", 160, 3),
     "gru128": ModelSpec("gru", 128, 3),

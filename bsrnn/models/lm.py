@@ -6,7 +6,7 @@ BSRNN §1 names language modelling as a domain for sparse RNNs. The model is the
 the decoder tied to the embedding (Press & Wolf 2017), which needs ``emb == hidden``.
 
 The recurrent weights are plain ``nn.LSTM``/``nn.GRU`` parameters, so the sparsity methods prune
-their gate-stacked matrices in place (DESIGN.md conventions 4–5). The paper prunes neither the
+their gate-stacked matrices in place (docs/method.md §6, §8). The paper prunes neither the
 embedding nor the output layer; a config excludes ``decoder.*`` (the embedding is never a default
 target). For truncated BPTT the caller carries ``state`` from one window to the next and calls
 ``detach_state`` so that gradients stop at the window boundary.

@@ -1,7 +1,7 @@
 """Pure block math: tiling a weight matrix into blocks, scoring blocks, expanding block masks.
 
 Implements the tiling of BSRNN §3.1 (block pruning: "each block's largest magnitude") and the
-reductions the paper lists as future work (§10 of PAPER.md: mean, RMS, geometric mean, median).
+reductions the paper lists as future work (docs/method.md §6: mean, RMS, geometric mean, median).
 
 Every function here is pure: it never mutates its input. A matrix of ``G`` stacked gates (the
 ``3H`` rows of a GRU weight, the ``4H`` of an LSTM) is tiled gate by gate, so no block ever

@@ -2,7 +2,7 @@
 
 Start, ramp and end of pruning are given as fractions of training (``0.2``), as iterations
 (``1500``), or left out for the paper's heuristics (start after one epoch; ramp/end at 20 %/40 %
-of training for blocks, 25 %/50 % for single weights, PAPER.md §2.3). Theta comes from
+of training for blocks, 25 %/50 % for single weights, docs/method.md §4). Theta comes from
 ``target`` (target mode), or from ``q`` (a number, or ``"auto"``: the 90th-percentile |w| of the
 weights at the first update, for users without a trained dense model). GLP's group-lasso term is
 on while each layer kind is pruned (``penalty_window = "schedule"``); ``"until_end"`` restores the

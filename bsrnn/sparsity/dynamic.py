@@ -17,7 +17,7 @@ over all pruned weights).
 What this saves. In principle the weights, gradients and optimizer state of a matrix at sparsity s
 need (1 - s) of the dense memory and the matmuls (1 - s) of the flops, from the first step. In
 practice, here, training still runs dense PyTorch kernels on dense-with-zeros tensors (there is
-no block-sparse backward in torch, KERNELS.md §6), so memory and time are those of the dense
+no block-sparse backward in torch, docs/kernels.md §10), so memory and time are those of the dense
 model; what a user gains is never having to train or store a dense model first, the same
 final sparsity from step 0, and a model that the block-sparse export and kernels run fast.
 RigL reads the dense gradient at update steps, which a truly sparse implementation would have to

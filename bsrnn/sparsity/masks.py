@@ -4,11 +4,11 @@ A mask is a boolean tensor per pruned parameter, keyed by parameter name, at blo
 (one entry per block). It is expanded and applied in place (``p.masked_fill_``) after each
 optimizer step, and to the optimizer's state tensors (SGD momentum, Adam moments) so that a
 pruned weight stays exactly zero and carries no stale momentum. Parameters keep their identity:
-no reparametrisation, so cuDNN's flat RNN weight buffer stays valid (PAPER.md §11).
+no reparametrisation, so cuDNN's flat RNN weight buffer stays valid (docs/method.md §8).
 
 Masks only shrink: ``prune_`` ANDs the new decision into the old one. This is the literal
-reading of ESRNN's Algorithm 1 (PAPER.md §2.6): the next mask is computed from masked weights, so
-a pruned block is exactly zero at every later check and never returns.
+reading of ESRNN's Algorithm 1 (docs/method.md §9): the next mask is computed from masked weights,
+so a pruned block is exactly zero at every later check and never returns.
 """
 
 from __future__ import annotations

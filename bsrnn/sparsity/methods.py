@@ -269,7 +269,7 @@ class GroupLasso(SparsityMethod):
     ``proximal=True`` replaces the penalty by its proximal step after each optimizer step,
     ``w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)``, which makes exact zeros. Plain SGD on
     the penalty rarely does, so ``prune_below(threshold)`` zeros the blocks whose score is at or
-    below ``threshold`` (the final block threshold PAPER.md §3 calls for); ``finish()`` applies
+    below ``threshold`` (the final block threshold of docs/method.md §11); ``finish()`` applies
     ``final_threshold`` that way when training ends.
     """
 

@@ -10,7 +10,7 @@ and the mask is recomputed as ``score > eps`` (updates happen when ``start_itr <
 and ``it % freq == 0``). Before the first update nothing is pruned; after ``end_itr`` the mask
 is frozen.
 
-The heuristics (PAPER.md §2.3–2.4):
+The heuristics (docs/method.md §4):
   * Eq. 1:  theta_w = 2 q freq / (2 (ramp - start) + 3 (end - ramp)), q = 90th-percentile |w|
     of a trained dense model. With phi = 1.5 theta the last threshold is about q.
   * blocks: theta_b = theta_w * N_b ** (1/4), N_b = weights per block.
@@ -27,7 +27,7 @@ import torch
 
 from .blocks import Block, parse_block
 
-# Fractions of training where the slope changes and where pruning ends (PAPER.md §2.3).
+# Fractions of training where the slope changes and where pruning ends (docs/method.md §4).
 HEURISTIC_FRACTIONS = {"weight": (0.25, 0.50), "block": (0.20, 0.40)}
 
 # torch.quantile takes at most 2**24 values: above this many nonzero weights, q is measured on a

@@ -1,6 +1,6 @@
 """Which parameters a sparsity method prunes, and how each is tiled.
 
-PAPER.md §5: the input and recurrent matrices of every recurrent layer (both directions, all
+docs/method.md §7: the input and recurrent matrices of every recurrent layer (both directions, all
 gates) and the fully connected layers are pruned; biases, norms, convolutions, embeddings and
 the output layer are not. The default rule here prunes the 2-D weights of ``nn.Linear`` and the
 ``weight_ih*``/``weight_hh*`` matrices of ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (and their cells);

@@ -1,4 +1,4 @@
-"""CTC training of the paper's speech models with a sparsity method (BSRNN §4, PAPER.md §6–7).
+"""CTC training of the paper's speech models with a sparsity method (BSRNN §4, docs/method.md §15–16).
 
 ```python
 from bsrnn.train import load_config, train

@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes and resume training exactly (DESIGN.md convention 7).
+"""Checkpoints that survive crashes and resume training exactly (docs/architecture.md §5).
 
 A checkpoint holds the model, optimizer and sparsity-method state (the paper's masks, BSRNN §3),
 the step/epoch/batch position (the learning rate and the sampler's place are functions of it),

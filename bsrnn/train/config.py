@@ -1,11 +1,11 @@
 """Typed run configuration: dataclasses loaded from TOML, overridden with dotted ``--set`` keys.
 
-DESIGN.md convention 8. Defaults follow CALIBRATION.md (the recipe that trains on 2 CPU cores:
-Adam 1.5e-3 with warm-up and step decay, batch 24, SortaGrad, clipping at 5) and PAPER.md §7
-(Nesterov SGD is the paper's optimizer, available as ``optim.name = "sgd"``). The ``sparsity``
-table is the sparsity core's own ``SparsityConfig``, type-checked here like the others and
-validated by its ``__post_init__``. Every mistake is one sentence that names the
-key and what would be valid; the resolved config is written beside every run's outputs.
+docs/architecture.md §4. Defaults follow docs/training-on-cpu.md §3 (the recipe that trains on 2 CPU
+cores: Adam 1.5e-3 with warm-up and step decay, batch 24, SortaGrad, clipping at 5) and
+docs/method.md §16 (Nesterov SGD is the paper's optimizer, available as ``optim.name = "sgd"``). The
+``sparsity`` table is the sparsity core's own ``SparsityConfig``, type-checked here like the others
+and validated by its ``__post_init__``. Every mistake is one sentence that names the key and what
+would be valid; the resolved config is written beside every run's outputs.
 
 The top-level key ``task`` names what a config trains: ``"speech"`` (this module's ``Config``,
 the default) or ``"lm"`` (``bsrnn.train.lm.LMConfig``); ``bsrnn train`` reads it to pick the loop

@@ -1,7 +1,7 @@
 """Data-parallel training on several processes and machines with PyTorch's own engine.
 
-The paper trained on 2,100 hours of speech with many GPUs (PAPER.md §6); this module lets the one
-visible training loop (``loop.py``) run as N copies that together train exactly the model one
+The paper trained on 2,100 hours of speech with many GPUs (docs/method.md §16); this module lets the
+one visible training loop (``loop.py``) run as N copies that together train exactly the model one
 process would train on the same global batches. It is driven by ``torchrun``, which starts the
 processes and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``.
 

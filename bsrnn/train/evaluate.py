@@ -1,8 +1,9 @@
 """Evaluation: greedy CTC decoding, CER/WER on any split or manifest, and the final run report.
 
 The paper reports each model's CER with its number of nonzero parameters and its sparsity
-against the dense model of the same width (PAPER.md §6, §8); ``final_report`` gathers exactly
-those, plus the per-layer sparsity table of the sparsity core (the loop writes them as JSON).
+against the dense model of the same width (docs/method.md §15, §17); ``final_report`` gathers
+exactly those, plus the per-layer sparsity table of the sparsity core (the loop writes them as
+JSON).
 
 What is evaluated is built in ``build.py`` (datasets, model); ``manifest_for``, ``open_dataset``
 and ``model_from_config`` stay importable from here, where they once lived, and ``write_json``

@@ -1,10 +1,10 @@
-"""CTC training with a sparsity method: the one visible training loop (DESIGN.md convention 7).
+"""CTC training with a sparsity method: the one visible training loop (docs/architecture.md §5).
 
 batch → forward → CTC loss + ``method.penalty()`` → backward → clip → ``optimizer.step()`` →
 ``method.step(step)`` (BSRNN §3: masks are updated on the pruning schedule and applied in place)
-→ log. The paper trains with Nesterov SGD (PAPER.md §7); on CPUs Adam with warm-up and step
-decay learns much faster (CALIBRATION.md §3), so both are offered. The first epoch is in length
-order (SortaGrad, Deep Speech 2), later ones in shuffled length buckets.
+→ log. The paper trains with Nesterov SGD (docs/method.md §16); on CPUs the recipe uses Adam with
+warm-up and step decay (docs/training-on-cpu.md §3 says why), so both are offered. The first epoch
+is in length order (SortaGrad, Deep Speech 2), later ones in shuffled length buckets.
 
 ``step`` counts batches since the start of training and is the only clock: the learning rate
 and the pruning schedule are functions of it. A run stopped anywhere (``train.max_steps``, a

@@ -1,8 +1,8 @@
 """Error rates and training logs.
 
-The paper measures speech models by character error rate (CER, PAPER.md §8); WER is logged
-too, though at CPU scale it stays near 80–100 % and says little (CALIBRATION.md §4). Rates are
-corpus-level (total edits / total reference length) via jiwer, in percent.
+The paper measures speech models by character error rate (CER, docs/method.md §17); WER is logged
+too, though at CPU scale it stays near 80–100 % and says little (docs/training-on-cpu.md §9). Rates
+are corpus-level (total edits / total reference length) via jiwer, in percent.
 
 ``RunLog`` writes one CSV row per logged step (``<run_dir>/log.csv``, appended across resumes)
 and mirrors it to TensorBoard (``<run_dir>/tb``) when enabled.

@@ -9,7 +9,7 @@ from bsrnn.bench.cli import BENCHES
 
 
 def test_struct_bytes_and_ideal_follow_kernels_md():
-    # KERNELS.md §2: BSR bytes = 4·nnzb·b² + 4·nnzb + 4·(M/b + 1); CSR 8 B per nonzero
+    # docs/kernels.md §2: BSR bytes = 4·nnzb·b² + 4·nnzb + 4·(M/b + 1); CSR 8 B per nonzero
     assert roofline.struct_bytes(1760, 1760, 4, 19360) == 4 * 19360 * 16 + 4 * 19360 + 4 * 441
     assert roofline.struct_bytes(1760, 1760, 0, 0) == 4 * 1760 * 1760
     roof = {"read_bw_GBps": {"1000": 100.0, "100000000": 100.0}, "sgemm_peak_GFLOPs": 1000.0}

@@ -1,5 +1,5 @@
 """Every kernel against the slow reference: random layouts, odd shapes and batches, empty and
-full matrices, every block size (DESIGN.md rule 9)."""
+full matrices, every block size (docs/kernels.md §3)."""
 
 import numpy as np
 import pytest

@@ -154,7 +154,7 @@ def test_shipped_lm_configs_load_and_name_their_task():
     assert len(configs) >= 3
     for path in configs:
         cfg = load_lm_config(path)
-        assert cfg.sparsity.exclude == ["decoder.*"], path  # the output layer is never pruned (paper §5)
+        assert cfg.sparsity.exclude == ["decoder.*"], path  # the output layer is never pruned (docs/method.md §7)
         assert tomllib.loads(path.read_text())["task"] == "lm" == cfg.task, path
         assert is_lm_config(str(path))
     speech = Path(__file__).resolve().parents[2] / "configs" / "main_dense.toml"

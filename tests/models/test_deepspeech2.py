@@ -134,7 +134,7 @@ def test_presets_build_and_the_paper_gru_has_its_stated_matrix_shape():
     assert PRESETS["rnn1760"].layers == 7
     with torch.device("meta"):  # 115 M-parameter shapes without allocating them
         model = build_model("gru2560")
-    assert tuple(model.rnn.weight_hh_l0.shape) == (7680, 2560)  # PAPER.md §6
+    assert tuple(model.rnn.weight_hh_l0.shape) == (7680, 2560)  # docs/method.md §15
 
 
 def test_unknown_preset_and_field_are_clear_errors():

@@ -1,4 +1,4 @@
-"""The threshold schedule against hand-computed values (PAPER.md §2.4 worked example)."""
+"""The threshold schedule against hand-computed values (docs/method.md §4 worked example)."""
 
 import pytest
 

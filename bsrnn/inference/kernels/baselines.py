@@ -1,8 +1,8 @@
-"""The calls the sparse kernels are compared with (KERNELS.md §4.1 method names).
+"""The calls the sparse kernels are compared with (method names as in docs/kernels.md §6).
 
 Dense: ``dense_torch_mm`` (``torch.mm(W, X)``, MKL), ``dense_torch_linear`` (``F.linear`` on
 the (B, K) transpose, what ``nn.Linear`` does) and ``dense_numpy`` (OpenBLAS). Sparse through
-PyTorch: ``csr_torch`` (int32 indices, 1.05–1.4× faster than int64, §6) and ``bsr_torch``
+PyTorch: ``csr_torch`` (int32 indices, 1.05–1.4× faster than int64, §10) and ``bsr_torch``
 (the ``to_sparse_bsr`` layout, MKL sparse BSR: square blocks only, any other block is refused
 at prepare with a ValueError). torch and numpy allocate their outputs.
 """

@@ -1,8 +1,8 @@
 """The fast CPU kernels: ``cpu`` (compiled C++, ``bsr_cpu.cpp`` beside this file) and ``numba``.
 
-``numba`` is the row-packed gather-and-dot kernel of KERNELS.md §5 (per block row one
+``numba`` is the row-packed gather-and-dot kernel of docs/kernels.md §5 (per block row one
 contiguous R×(n·C) panel; gather the needed x rows, BB-way dot products; unsigned indices,
-§6), kept both as the no-compiler fallback and as the measured anchor the benchmarks must beat.
+§10), kept both as the no-compiler fallback and as the measured anchor the benchmarks must beat.
 Its kernels are closures over R, C and the batch tile BB, which numba compiles as constants.
 
 ``cpu`` is ``bsr_cpu.cpp`` (shipped as package data), compiled once per machine with the system
@@ -79,7 +79,7 @@ def balance(indptr: np.ndarray, nt: int) -> np.ndarray:
     return np.array([0] + cuts + [len(indptr) - 1], np.int64)
 
 
-# --------------------------------------------------------------------------- numba (§5)
+# ----------------------------------------------------------- numba (docs/kernels.md §5)
 U64, F32 = np.uint64, np.float32
 
 
@@ -208,7 +208,7 @@ def pack_rows(mat) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Numba(Kernel):
-    """KERNELS.md §5 as published; ``bb`` fixes the batch tile, one of ``DOTS`` (default: tiles
+    """The kernel of docs/kernels.md §5; ``bb`` fixes the batch tile, one of ``DOTS`` (default: tiles
     of 8, then 4, 2 and 1 for the rest of the batch)."""
 
     name = "numba"

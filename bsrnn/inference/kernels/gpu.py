@@ -1,4 +1,4 @@
-"""Optional GPU path: PyTorch's BSR × dense on CUDA (KERNELS.md §7: torch's Triton/cuSPARSE BSR).
+"""Optional GPU path: PyTorch's BSR × dense on CUDA (docs/kernels.md §6: torch's Triton/cuSPARSE BSR).
 
 Imported by the registry only when ``torch.cuda.is_available()``. The matrix is moved to the
 device once at prepare; x may be a CUDA tensor (the result stays there) or host data (copied

@@ -1,4 +1,4 @@
-"""The slow, obviously-correct oracle: a plain torch loop over block rows (DESIGN.md rule 9).
+"""The slow, obviously-correct oracle: a plain torch loop over block rows (docs/kernels.md §3).
 
 Every block row's output is the sum of its blocks times the x rows their column index selects;
 fp64 accumulation so that the comparison tolerance in the tests is set by the fast kernels.
