@@ -40,7 +40,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
 
 from ..export import BsrMatrix
 from .base import Kernel, register
@@ -86,7 +85,6 @@ U64, F32 = np.uint64, np.float32
 # The BB-way dot products of one packed weight row (Wp[rowb:rowb+L]) with BB gathered x rows
 # (xg[:, :L]), written to out[row, b0:b0+BB]: one weight load feeds BB FMAs into BB scalar
 # accumulators, which only named locals keep in registers (an accumulator array is 4x slower).
-@njit(fastmath=True, inline="always")
 def _dot1(Wp, rowb, L, xg, out, row, b0):
     s0 = F32(0.0)
     for i in range(L):
@@ -94,7 +92,6 @@ def _dot1(Wp, rowb, L, xg, out, row, b0):
     out[row, b0] = s0
 
 
-@njit(fastmath=True, inline="always")
 def _dot2(Wp, rowb, L, xg, out, row, b0):
     s0 = s1 = F32(0.0)
     for i in range(L):
@@ -105,7 +102,6 @@ def _dot2(Wp, rowb, L, xg, out, row, b0):
     out[row, b0 + U64(1)] = s1
 
 
-@njit(fastmath=True, inline="always")
 def _dot4(Wp, rowb, L, xg, out, row, b0):
     s0 = s1 = s2 = s3 = F32(0.0)
     for i in range(L):
@@ -118,7 +114,6 @@ def _dot4(Wp, rowb, L, xg, out, row, b0):
         out[row, b0 + U64(j)] = s
 
 
-@njit(fastmath=True, inline="always")
 def _dot8(Wp, rowb, L, xg, out, row, b0):
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32(0.0)
     for i in range(L):
@@ -135,7 +130,6 @@ def _dot8(Wp, rowb, L, xg, out, row, b0):
         out[row, b0 + U64(j)] = s
 
 
-@njit(fastmath=True, inline="always")
 def _dot16(Wp, rowb, L, xg, out, row, b0):
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32(0.0)
     s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = F32(0.0)
@@ -165,6 +159,15 @@ DOTS = {1: _dot1, 2: _dot2, 4: _dot4, 8: _dot8, 16: _dot16}  # the batch tiles B
 
 
 @functools.cache
+def _jitted_dot(bb: int):
+    """``DOTS[bb]`` compiled by numba. numba is imported here, on first use, not with the package:
+    it costs ~0.8 s, and ``import bsrnn.inference`` must stay light (tests/test_imports.py)."""
+    from numba import njit
+
+    return njit(fastmath=True, inline="always")(DOTS[bb])
+
+
+@functools.cache
 def _rowdot(R: int, C: int, BB: int):
     """The §5 kernel for R×C blocks and a batch tile of BB columns, compiled on first call.
 
@@ -172,7 +175,9 @@ def _rowdot(R: int, C: int, BB: int):
     so each (R, C, BB) gets its own machine code with constant trip counts."""
     if BB not in DOTS:
         raise ValueError(f"numba kernel: batch tile {BB} is not one of {', '.join(map(str, DOTS))}")
-    dot = DOTS[BB]
+    from numba import njit, prange  # on first use (see _jitted_dot)
+
+    dot = _jitted_dot(BB)
 
     def kern(indptr, indices, Wp, off, X, out, bounds, Lmax):
         B = U64(X.shape[1])
@@ -346,6 +351,8 @@ def retile(mat, h: int):
 def _call():
     """A numba wrapper around the C entry point: ``arr.ctypes`` there is a free pointer, where
     ctypes from Python costs microseconds per argument — a visible share of a 7 µs GEMV."""
+    from numba import njit  # on first use (see _jitted_dot)
+
     fn = compiled().bsr_mm
 
     @njit(nogil=True)
