@@ -84,13 +84,13 @@ def atomic_path(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | os.PathLike, mode: str = "w", *, encoding: str = "utf-8",
+def open_atomic(path: str | os.PathLike, mode: str = "w", *, encoding: str = "utf-8", newline: str | None = None,
                 sync: bool = True) -> Iterator[IO]:
     """``open(path, mode)`` for writing (``"w"`` or ``"wb"``), through ``atomic_path``."""
     if mode not in ("w", "wb"):
         raise ValueError(f"open_atomic writes whole files: mode must be 'w' or 'wb', got {mode!r}")
     with atomic_path(path, sync=sync) as tmp:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as f:
             yield f
 
 

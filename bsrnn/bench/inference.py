@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_json
 from ..inference.rnn import SparseRecurrent
 from . import roofline as rf
 from .kernels import write_csv
@@ -88,7 +89,7 @@ def run(out_dir="benchmarks/inference", quick=False, threads=None, rounds=9, ste
     out.mkdir(parents=True, exist_ok=True)
     stem = "inference_quick" if quick else "inference"
     res = {"command": "bsrnn bench inference" + (" --quick" if quick else ""), "info": info, "rows": rows}
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    write_json(res, out / f"{stem}.json", indent=1)
     write_csv(rows, out / f"{stem}.csv")
     return out / f"{stem}.json"
 

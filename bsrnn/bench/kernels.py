@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import open_atomic, write_json
+
 from ..inference.export import BsrMatrix
 from ..inference.kernels import KERNELS
 from ..inference.kernels.cpu import Numba
@@ -144,7 +146,7 @@ def run(out_dir="benchmarks/kernels", quick=False, threads=None, rounds=11, targ
     out.mkdir(parents=True, exist_ok=True)
     res = {"command": "bsrnn bench kernels" + (" --quick" if quick else ""), "info": info, "roofline": roof, "rows": rows}
     stem = "kernels_quick" if quick else "kernels"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    write_json(res, out / f"{stem}.json", indent=1)
     write_csv(rows, out / f"{stem}.csv")
     return out / f"{stem}.json"
 
@@ -153,7 +155,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     import csv
 
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with open_atomic(path, "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows(rows)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..atomic import write_json, write_text
 from ..models import precision as prec
 from ..models.deepspeech2 import build_model
 
@@ -223,7 +224,7 @@ def write_markdown(res: dict, path: Path) -> None:
     if res["ratios"]:
         lines += ["", "| comparison | ratio |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
-    path.write_text("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", path)
 
 
 def plot(path: Path) -> list[Path]:
@@ -253,8 +254,6 @@ def plot(path: Path) -> list[Path]:
 
 def run(out_dir: str, *, quick: bool = False, threads: int | None = None, rounds: int = 5, batch: int = 24,
         frames: int = 230) -> Path:
-    from ..io import write_json  # noqa: F401  (the shared atomic writer, once it exists)
-
     cases = default_cases(quick)
     if quick:
         batch, frames, rounds = 4, 60, 2

@@ -239,6 +239,8 @@ class DeepSpeech2(nn.Module):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.precision = precision
         self.recurrent_precision = resolve_recurrent(recurrent, precision, self.spec.hidden)
+        if self.spec.rnn_type == "lstm":  # the fused _VF LSTM keeps state and products in fp32
+            self.recurrent_precision = "fp32"
         mm = dtype_of(self.recurrent_precision) if self.recurrent_precision == "bf16" else None
         self.mm_dtype = mm
         if isinstance(self.rnn, ClippedReLURNN):

@@ -62,7 +62,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam (CALIBRATION) | sgd (Nesterov momentum, the paper)
+    name: str = "adam"  # adam (fast on CPUs, docs/training-on-cpu.md §3) | sgd (Nesterov momentum, the paper)
     lr: float = 1.5e-3  # peak learning rate
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0  # the paper's dense baselines use no regularisation

@@ -1,7 +1,8 @@
 // Block-sparse (BSR) x dense kernels of the ``cpu`` kernel (bsrnn/inference/kernels/cpu.py builds
-// this file on first use with -O3 -march=native -fopenmp and loads it through ctypes).
+// this file on first use with -O3 -march=native -ffast-math -fopenmp, links it without
+// -ffast-math, and loads it through ctypes).
 //
-// Two paths, both on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
+// Three paths, all on the standard BSR arrays (values (nnzb, R, C) row-major, int32 indices):
 //
 // * vec (B < 8): each block's R*C values are 16-lane vectors multiplied lane-wise with the x
 //   slice they meet (a 4-wide x slice is broadcast to 16 lanes by one vbroadcastf32x4), NB batch
