@@ -28,6 +28,7 @@ from .manifest import read_manifest
 from .text import encode
 
 CACHE_VERSION = 1
+STATS_CHUNK = 1 << 16  # frames per float64 chunk when computing feature statistics
 
 
 def _cache_file(manifest: Path, logmel: LogMel, cache_dir: Path) -> Path:
@@ -145,8 +146,14 @@ def compute_stats(dataset_or_manifest: SpeechDataset | str | os.PathLike, *,
     if len(ds) == 0:  # otherwise FeatureStats says "need at least 2 frames" without naming the split
         why = f"; {len(ds.skipped)} skipped, first: {ds.skipped[0]}" if ds.skipped else ""
         raise ValueError(f"{ds.manifest} has no usable utterances to compute feature statistics from{why}")
-    x = ds.raw_features.double()
-    return FeatureStats.from_sums(x.sum(0).numpy(), x.square().sum(0).numpy(), x.shape[0], ds.logmel.settings())
+    x = ds.raw_features  # (frames, bins), fp16: summed in float64 a chunk at a time, since the whole
+    total = torch.zeros(x.shape[1], dtype=torch.float64)  # split in float64 (and its square) would
+    total_sq = torch.zeros_like(total)                     # take ~2 GB for the default corpus
+    for start in range(0, x.shape[0], STATS_CHUNK):
+        chunk = x[start: start + STATS_CHUNK].double()
+        total += chunk.sum(0)
+        total_sq += chunk.square().sum(0)
+    return FeatureStats.from_sums(total.numpy(), total_sq.numpy(), x.shape[0], ds.logmel.settings())
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):

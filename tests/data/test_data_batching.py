@@ -64,6 +64,20 @@ def test_cache_invalidated_by_manifest_or_settings(tone_manifest, tmp_path):
     assert torch.load(next(cache.glob("m.*.pt")), weights_only=True)["features"].dtype == torch.float16
 
 
+def test_stats_are_summed_in_chunks_to_the_same_values(tone_manifest, monkeypatch):
+    import bsrnn.data.batching as batching
+
+    whole = compute_stats(tone_manifest)
+    raw = SpeechDataset(tone_manifest, None).raw_features.double()
+    assert raw.shape[0] > 7
+    monkeypatch.setattr(batching, "STATS_CHUNK", 7)  # many chunks, the last one partial
+    chunked = compute_stats(tone_manifest)
+    torch.testing.assert_close(chunked.mean, whole.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.std, whole.std, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.std.double(), raw.std(0, unbiased=False).clamp_min(1e-5), rtol=1e-4, atol=1e-4)
+    assert chunked.count == whole.count == raw.shape[0]
+
+
 def test_stats_and_normalisation(tone_manifest):
     raw = SpeechDataset(tone_manifest, None)
     stats = compute_stats(tone_manifest)
