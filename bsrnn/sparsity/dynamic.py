@@ -78,6 +78,9 @@ class StaticSparsity(SparsityMethod):
             self.masks.set_(t.name, _top_k_mask(score, n_keep))
         self.masks.apply_(self.optimizer)
 
+    def fixed_masks(self, step: int) -> bool:
+        return True  # the mask is fixed from initialisation on
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "generator": self.generator.get_state()}
 
@@ -120,6 +123,11 @@ class DynamicSparsity(StaticSparsity):
 
     def is_update(self, step: int) -> bool:
         return 0 < step < self.end and step % self.freq == 0
+
+    def fixed_masks(self, step: int) -> bool:
+        """Masks change only inside ``step()`` (the trainer repacks after); RigL reads the dense
+        gradient of pruned blocks in the backward pass of an update step, so those steps run dense."""
+        return not (self.regrow == "gradient" and self.is_update(step))
 
     def drop_fraction(self, step: int) -> float:
         return self.alpha / 2 * (1 + math.cos(math.pi * step / self.end))

@@ -90,6 +90,13 @@ class SparsityMethod:
         self.masks.apply_(self.optimizer)
         return False
 
+    def fixed_masks(self, step: int) -> bool:
+        """True when training step ``step`` may run on block-sparse kernels: its masks are final for
+        that step (BP/GLP after pruning ends; sparse training throughout) and nothing in it reads
+        the dense gradient of a pruned weight. The masks may still change in ``step(step)``; the
+        trainer repacks then. False here: a dense model, or masks still being decided."""
+        return False
+
     def finish(self) -> None:
         """The end-of-training hook: training loops call it once, before the final evaluation.
 
@@ -188,6 +195,10 @@ class BlockPruning(SparsityMethod):
 
     def is_update(self, step: int) -> bool:
         return any(self.schedules[k].is_update(step) for k in self.kinds)
+
+    def fixed_masks(self, step: int) -> bool:
+        """Pruning has ended for every kind: the masks stay as they are from ``end_itr`` on."""
+        return all(self.schedules[k].frozen(step) for k in self.kinds)
 
     def step(self, step: int) -> bool:
         self.last_step = step

@@ -274,3 +274,23 @@ def test_group_lasso_final_threshold_applies_when_training_finishes():
     gl.finish()
     assert model.weight[2:, 2:].abs().sum() == 0 and model.weight[0, 0] == 3.0
     assert gl.sparsity() == 0.75 and gl.report().rows[0].block_sparsity == 0.75
+
+
+def test_fixed_masks_says_when_block_sparse_kernels_may_train_a_step():
+    from bsrnn.sparsity import DynamicSparsity, NoSparsity, StaticSparsity
+
+    model = nn.GRU(8, 8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = {"recurrent": NarangSchedule(start_itr=2, ramp_itr=4, end_itr=6, start_slope=1e-3, ramp_slope=2e-3,
+                                         freq=1),
+             "non_recurrent": NarangSchedule(start_itr=0, ramp_itr=1, end_itr=3, start_slope=1e-3, ramp_slope=2e-3,
+                                             freq=1)}
+    bp = BlockPruning(model, (4, 4), sched, optimizer=opt)
+    assert [bp.fixed_masks(s) for s in range(8)] == [False] * 6 + [True] * 2  # the last kind's end_itr
+    assert not GroupLasso(model, (4, 4), 1e-3).fixed_masks(10 ** 6)  # masks come only from finish()
+    assert not NoSparsity(model).fixed_masks(0)
+    assert StaticSparsity(model, (4, 4), 0.5).fixed_masks(0)
+    rigl = DynamicSparsity(model, (4, 4), 0.5, regrow="gradient", freq=3, end=10)
+    assert [rigl.fixed_masks(s) for s in range(11)] == [s not in (3, 6, 9) for s in range(11)]
+    set_ = DynamicSparsity(model, (4, 4), 0.5, regrow="random", freq=3, end=10)
+    assert all(set_.fixed_masks(s) for s in range(11))  # SET regrows at random: no dense gradient read
