@@ -65,7 +65,9 @@ class BsrMat:
     block_masks: list[torch.Tensor]  # per part, at the kernel block (for the torch fallback)
     indptr: torch.Tensor  # int32 (M/R + 1)
     indices: torch.Tensor  # int32 (nnzb,)
-    gather: list[torch.Tensor]  # per part: int64 flat element indices, blocks in order, (R, C) row-major
+    part: torch.Tensor  # int64 (nnzb,): the parameter each block lives in
+    offset: torch.Tensor  # int64 (nnzb,): element offset of each block's (0, 0) in its parameter
+    part_ranges: list[tuple[int, int]]  # the blocks of each part, in block order
     t_indptr: torch.Tensor  # int32 (K/C + 1)
     t_indices: torch.Tensor  # int32 (nnzb,)
     t_perm: torch.Tensor  # int64 (nnzb,): block p of the transposed matrix is block t_perm[p] transposed
@@ -75,35 +77,53 @@ class BsrMat:
     def nnzb(self) -> int:
         return int(self.indices.numel())
 
+    def _block_ptrs(self, params) -> torch.Tensor:
+        bases = torch.tensor([p.data_ptr() for p in params], dtype=torch.int64)
+        return bases[self.part] + self.offset * params[0].element_size()
+
     def values(self, params) -> torch.Tensor:
-        """The kept blocks' values, ``(nnzb * R * C,)``, gathered from the dense parameters."""
-        return torch.cat([p.detach().reshape(-1)[g] for p, g in zip(params, self.gather)])
+        """The kept blocks' values gathered from the dense parameters: ``(nnzb * R * C,)``, blocks
+        ``(R, C)`` row-major in block order."""
+        params = [p.detach().contiguous() for p in params]
+        return self._gather(self._block_ptrs(params), self.part_shapes[0][1], False, params[0].dtype)
 
     def t_values(self, values: torch.Tensor) -> torch.Tensor:
+        """The transposed matrix's blocks ``(C, R)`` in its block order, from ``values``."""
         r, c = self.block
-        return values.view(-1, r, c)[self.t_perm].transpose(1, 2).contiguous().view(-1)
+        ptrs = values.data_ptr() + self.t_perm * (r * c * values.element_size())
+        return self._gather(ptrs, c, True, values.dtype)
+
+    def _gather(self, ptrs: torch.Tensor, ld: int, transposed: bool, dtype: torch.dtype) -> torch.Tensor:
+        r, c = self.block
+        out = torch.empty(self.nnzb * r * c, dtype=dtype)
+        _check(_fn("gather_blocks", dtype)(r, c, self.nnzb, _ptr(ptrs), ld, _ptr(out), int(transposed),
+                                           torch.get_num_threads()), "gather_blocks")
+        return out
 
     def dense_grads(self, dv: torch.Tensor, params) -> list[torch.Tensor]:
         """Block gradients ``dv`` scattered into dense zeros shaped like each parameter."""
-        out, start = [], 0
-        for p, g in zip(params, self.gather):
-            d = torch.zeros(p.numel(), dtype=dv.dtype)
-            d[g] = dv[start:start + g.numel()]
-            out.append(d.view(p.shape))
-            start += g.numel()
+        r, c = self.block
+        out = []
+        for p, (a, b) in zip(params, self.part_ranges):
+            g = torch.zeros(p.shape, dtype=dv.dtype)
+            ptrs = g.data_ptr() + self.offset[a:b] * g.element_size()
+            _check(_fn("scatter_blocks", dv.dtype)(r, c, b - a, _ptr(dv[a * r * c:]), _ptr(ptrs), p.shape[1],
+                                                    torch.get_num_threads()), "scatter_blocks")
+            out.append(g)
         return out
 
 
 def _pack(block_masks: list[torch.Tensor], block: tuple[int, int], shapes: list[tuple[int, int]],
           diag: bool) -> BsrMat:
     r, c = block
-    ar, ac = torch.arange(r), torch.arange(c)
-    rows, cols, gathers = [], [], []
-    row_off = col_off = 0
-    for bm, (m, k) in zip(block_masks, shapes):
+    rows, cols, parts, offsets, ranges = [], [], [], [], []
+    row_off = col_off = start = 0
+    for d, (bm, (m, k)) in enumerate(zip(block_masks, shapes)):
         bi, bj = bm.nonzero(as_tuple=True)  # row-major: CSR order
-        el = (bi[:, None, None] * r + ar[None, :, None]) * k + bj[:, None, None] * c + ac[None, None, :]
-        gathers.append(el.reshape(-1))
+        parts.append(torch.full_like(bi, d))
+        offsets.append(bi * r * k + bj * c)
+        ranges.append((start, start + bi.numel()))
+        start += bi.numel()
         rows.append(bi + row_off)
         cols.append(bj + col_off)
         row_off += m // r
@@ -115,8 +135,8 @@ def _pack(block_masks: list[torch.Tensor], block: tuple[int, int], shapes: list[
     t_perm = torch.argsort(bj * nbr + bi)
     t_indptr = torch.zeros(nbc + 1, dtype=torch.int64)
     t_indptr[1:] = torch.bincount(bj, minlength=nbc).cumsum(0)
-    return BsrMat(block, (nbr * r, nbc * c), list(shapes), block_masks, indptr.int(), bj.int(), gathers,
-                  t_indptr.int(), bi[t_perm].int(), t_perm)
+    return BsrMat(block, (nbr * r, nbc * c), list(shapes), block_masks, indptr.int(), bj.int(), torch.cat(parts),
+                  torch.cat(offsets), ranges, t_indptr.int(), bi[t_perm].int(), t_perm)
 
 
 def kernel_block(block: tuple[int, int], shape: tuple[int, int], gates: int = GATES) -> tuple[int, int]:
@@ -152,6 +172,17 @@ def _kernel_mask(bm: torch.Tensor, block: tuple[int, int], shape: tuple[int, int
 class LayerLayout:
     ih: BsrMat  # W_ih of all directions stacked: (D*3H, In)
     hh: BsrMat  # W_hh block-diagonal: (D*3H, D*H); .cost: per (direction, unit block) group
+    ih_dx_indices: torch.Tensor  # ih.t_indices with the n gates' rows moved to where the backward keeps dgi_n
+
+
+def _dx_indices(ih: BsrMat, hidden: int, dirs: int) -> torch.Tensor:
+    """The backward keeps per frame ``dgh`` (rows ``d*3H + gate*H + j``) and then ``dgi`` of the n
+    gates (rows ``3DH + d*H + j``); ``dx = W_ihᵀ dgi`` reads the n gates from there."""
+    r = ih.block[0]
+    m0 = ih.t_indices.long() * r  # first row of each block of W_ih
+    d, gate, j = m0 // (GATES * hidden), (m0 // hidden) % GATES, m0 % hidden
+    moved = (dirs * GATES * hidden + d * hidden + j) // r
+    return torch.where(gate == 2, moved, m0 // r).int()
 
 
 @dataclass
@@ -163,6 +194,7 @@ class GRULayout:
     masks: dict[str, torch.Tensor] = field(repr=False)  # the block masks it was packed from
 
     def density(self) -> float:
+        """The fraction of the GRU's weights (all weight_ih/weight_hh) the layout keeps."""
         kept = sum(m.ih.nnzb * math.prod(m.ih.block) + m.hh.nnzb * math.prod(m.hh.block) for m in self.layers)
         total = sum(math.prod(m.ih.shape) + math.prod(m.hh.shape) // (len(m.hh.part_shapes)) for m in self.layers)
         return kept / total
@@ -199,7 +231,7 @@ def pack_gru(rnn: nn.GRU, masks: Mapping[str, torch.Tensor], block) -> GRULayout
         r, c = hh.block
         per_row = torch.diff(hh.indptr.long()).view(len(dirs), GATES, h // r).sum(1).reshape(-1)
         hh.cost = torch.cat([torch.zeros(1, dtype=torch.int64), (per_row * r * c + r * 48).cumsum(0)])
-        layers.append(LayerLayout(mats["ih"], hh))
+        layers.append(LayerLayout(mats["ih"], hh, _dx_indices(mats["ih"], h, len(dirs))))
     return GRULayout(block, layers, used)
 
 
@@ -269,12 +301,13 @@ def _fn(name: str, dtype: torch.dtype):
 
 
 def bsr_mm(mat: BsrMat, values: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None, *,
-           transposed: bool = False) -> torch.Tensor:
-    """``W x_t (+ bias)`` (or ``Wᵀ x_t``) for every frame of a step-major ``x (T, K, NP)`` (or any
-    ``(T, rows ≥ K, NP)`` whose first K rows are the operand): ``(T, M, NP)``."""
+           transposed: bool = False, t_indices: torch.Tensor | None = None) -> torch.Tensor:
+    """``W x_t (+ bias)`` (or ``Wᵀ x_t``) for every frame of a step-major ``x (T, rows, NP)``:
+    ``(T, M, NP)``. ``t_indices`` replaces the transposed matrix's block columns (rows of ``x``)."""
     r, c = mat.block
     if transposed:
-        r, c, indptr, indices, m = c, r, mat.t_indptr, mat.t_indices, mat.shape[1]
+        r, c, indptr, m = c, r, mat.t_indptr, mat.shape[1]
+        indices = mat.t_indices if t_indices is None else t_indices
     else:
         indptr, indices, m = mat.indptr, mat.indices, mat.shape[0]
     t, _, np_ = x.shape
@@ -319,7 +352,8 @@ class BsrGRULayer(torch.autograd.Function):
         h = w_hh[0].shape[1]
         b_ih = torch.cat([p.detach() for p in params[2 * d:3 * d]]) if bias else None
         b_hh = torch.cat([p.detach() for p in params[3 * d:4 * d]]) if bias else x.new_zeros(d * GATES * h)
-        gi = bsr_mm(lay.ih, lay.ih.values(w_ih), x, b_ih)  # (T, D*3H, NP)
+        v_ih = lay.ih.values(w_ih)
+        gi = bsr_mm(lay.ih, v_ih, x, b_ih)  # (T, D*3H, NP)
         v_hh = lay.hh.values(w_hh)
         zero = x.new_zeros(d * h, np_)
         y = x.new_empty(t, d * h, np_)
@@ -329,43 +363,43 @@ class BsrGRULayer(torch.autograd.Function):
             r, c, d, h, np_, t, _ptr(lay.hh.indptr), _ptr(lay.hh.indices), _ptr(v_hh), _ptr(lay.hh.cost),
             _ptr(b_hh), _ptr(gi), _ptr(lens), _ptr(zero), _ptr(y), *[_ptr(a) for a in saved],
             torch.get_num_threads()), "gru_fwd")
-        ctx.save_for_backward(x, y, *saved, *w_ih, *w_hh)
+        ctx.save_for_backward(x, y, *saved, v_ih, v_hh, *w_ih, *w_hh)
         ctx.lens, ctx.lay, ctx.bias = lens, lay, bias
         return y
 
     @staticmethod
     def backward(ctx, dy):
         lens, lay, bias = ctx.lens, ctx.lay, ctx.bias
-        x, y, sr, sz, sn, sg, *ws = ctx.saved_tensors
+        x, y, sr, sz, sn, sg, v_ih, v_hh, *ws = ctx.saved_tensors
         d = len(lay.hh.part_shapes)
         w_ih, w_hh = ws[:d], ws[d:]
         t, _, np_ = x.shape
         h, dt = w_hh[0].shape[1], x.dtype
         dy = dy.contiguous()
-        dg = x.new_empty(t, d * (GATES + 1) * h, np_)  # rows [0, 3DH): dgi; [3DH, 4DH): the n gate of dgh
+        dg = x.new_empty(t, d * (GATES + 1) * h, np_)  # rows [0, 3DH): dgh; [3DH, 4DH): dgi of the n gates
         dbi, dbhn = x.new_zeros(d * GATES * h), x.new_zeros(d * h)
-        vt_hh = lay.hh.t_values(lay.hh.values(w_hh))
-        zero, dh_buf, dg_buf = x.new_zeros(d * h, np_), x.new_empty(d * h, np_), x.new_empty(2, d * GATES * h, np_)
+        vt_hh = lay.hh.t_values(v_hh)
+        zero, dh_buf = x.new_zeros(d * h, np_), x.new_empty(d * h, np_)
         r, c = lay.hh.block
         _check(_fn("gru_bwd", dt)(
             r, c, d, h, np_, t, _ptr(lay.hh.t_indptr), _ptr(lay.hh.t_indices), _ptr(vt_hh), _ptr(dy), _ptr(lens),
             _ptr(zero), _ptr(y), _ptr(sr), _ptr(sz), _ptr(sn), _ptr(sg), _ptr(dg), _ptr(dbi), _ptr(dbhn),
-            _ptr(dh_buf), _ptr(dg_buf), torch.get_num_threads()), "gru_bwd")
+            _ptr(dh_buf), torch.get_num_threads()), "gru_bwd")
         # dW_hh = Σ_t dgh_t h_prev(t)ᵀ, h_prev(t) = y one frame earlier (forward direction) or later
         # (reverse), zero past the edge: pair dgh of frames 1.. with y of frames 0.. (and the other
         # way round for the reverse direction) over T - 1 frames.
         rows = torch.arange(d * GATES * h)
         rd, gate, j = rows // (GATES * h), (rows // h) % GATES, rows % h
-        src = torch.where(gate < 2, rows, d * GATES * h + rd * h + j)  # the n gate's recurrent side
-        grow = _rows(dg, src, (rd == 0).long())
         units = torch.arange(d * h)
-        hrow = _rows(y, units, (units >= h).long())
-        dv_hh = sddmm(lay.hh, grow, hrow, dg.stride(0), y.stride(0), t - 1, np_, dt)
-        dv_ih = sddmm(lay.ih, _rows(dg, rows), _rows(x, torch.arange(x.shape[1])), dg.stride(0), x.stride(0), t,
+        dv_hh = sddmm(lay.hh, _rows(dg, rows, (rd == 0).long()), _rows(y, units, (units >= h).long()),
+                      dg.stride(0), y.stride(0), t - 1, np_, dt)
+        dgi_rows = torch.where(gate < 2, rows, d * GATES * h + rd * h + j)
+        dv_ih = sddmm(lay.ih, _rows(dg, dgi_rows), _rows(x, torch.arange(x.shape[1])), dg.stride(0), x.stride(0), t,
                       np_, dt)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = bsr_mm(lay.ih, lay.ih.t_values(lay.ih.values(w_ih)), dg, transposed=True)
+            dx = bsr_mm(lay.ih, lay.ih.t_values(v_ih), dg, transposed=True,
+                        t_indices=lay.ih_dx_indices)
         grads = [*lay.ih.dense_grads(dv_ih, w_ih), *lay.hh.dense_grads(dv_hh, w_hh)]
         if bias:
             dbi3 = dbi.view(d, GATES, h)

@@ -31,8 +31,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <climits>
+#include <thread>
 #include <vector>
 #include <omp.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 typedef int64_t i64;
 typedef int32_t i32;
@@ -41,7 +48,7 @@ typedef int32_t i32;
 #define PF 3  // blocks ahead whose x rows the products prefetch (scattered rows defeat the hardware prefetcher)
 #endif
 #ifndef SPF
-#define SPF 2  // frames ahead whose rows the SDDMM prefetches (frames are a panel apart)
+#define SPF 0  // frames ahead whose rows the SDDMM prefetches (0: off; measured slower on Zen 4)
 #endif
 #ifndef SCHUNK
 #define SCHUNK 8  // frames per SDDMM pass: the pass's panels stay in L2 and the TLB
@@ -83,6 +90,53 @@ static inline double hsum(VF<double> v) {
   VH<double> a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
   return (a[0] + a[2]) + (a[1] + a[3]);
 }
+
+// Lane k of the result = the sum of a[k]'s lanes, for 8 vectors of 8 floats: 7 rounds of
+// (even lanes + odd lanes) instead of 8 separate horizontal sums.
+static inline VH<float> red8(const VH<float>* a) {
+  typedef VH<float> v;
+  auto pair = [](v x, v y) {
+    return __builtin_shufflevector(x, y, 0, 2, 4, 6, 8, 10, 12, 14) + __builtin_shufflevector(x, y, 1, 3, 5, 7, 9, 11, 13, 15);
+  };
+  const v s0 = pair(a[0], a[1]), s1 = pair(a[2], a[3]), s2 = pair(a[4], a[5]), s3 = pair(a[6], a[7]);
+  return pair(pair(s0, s1), pair(s2, s3));
+}
+
+// ------------------------------------------------------------------------------- step barrier
+// The recurrences synchronise their threads once per time step. OpenMP's barrier spins for a long
+// time before it sleeps (libgomp: GOMP_SPINCOUNT, fixed when the runtime, usually torch's, loads):
+// on a machine with more runnable threads than cores a spinning thread keeps the core its
+// preempted partner needs, and a step costs a whole scheduler slice (measured: 4 ms per step,
+// 5x slower than one thread). This barrier spins briefly, then sleeps (futex on Linux, yield
+// elsewhere), so a preempted partner can take over the waiting thread's core.
+struct StepBarrier {
+  int count = 0, gen = 0;
+  void wait(int nt) {
+    if (nt <= 1) return;
+    const int g = __atomic_load_n(&gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&count, 1, __ATOMIC_ACQ_REL) == nt) {
+      __atomic_store_n(&count, 0, __ATOMIC_RELAXED);
+      __atomic_add_fetch(&gen, 1, __ATOMIC_RELEASE);
+#ifdef __linux__
+      syscall(SYS_futex, &gen, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+#endif
+      return;
+    }
+    for (int i = 0; i < 2000; ++i) {
+      if (__atomic_load_n(&gen, __ATOMIC_ACQUIRE) != g) return;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    while (__atomic_load_n(&gen, __ATOMIC_ACQUIRE) == g) {
+#ifdef __linux__
+      syscall(SYS_futex, &gen, FUTEX_WAIT_PRIVATE, g, nullptr, nullptr, 0);
+#else
+      std::this_thread::yield();
+#endif
+    }
+  }
+};
 
 // ------------------------------------------------------------------------------- work split
 // Items [lo, hi) of thread tid out of nt, items weighted by a nondecreasing cumulative cost
@@ -258,13 +312,29 @@ static inline void dots(const F* const* g, const F* const* h, i64 gs, i64 hs, i6
         for (int c = 0; c < CC; ++c) acc[r][c] += gv[r] * hv[c];
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < RC; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < CC; ++c) {
-      const F v = hsum(acc[r][c]);
-      out[r * ldo + c] = add ? out[r * ldo + c] + v : v;
+  if constexpr (sizeof(F) == 4 && (RC * CC) % 8 == 0) {  // 8 sums at a time by a transposing tree
+#pragma GCC unroll 2
+    for (int g = 0; g < RC * CC / 8; ++g) {
+      const vh v = red8(&acc[0][0] + 8 * g);
+      if (ldo == CC) {
+        F* o = out + 8 * g;
+        stv(o, add ? ldv<vh>(o) + v : v);
+      } else {
+        for (int k = 0; k < 8; ++k) {
+          F* o = out + ((8 * g + k) / CC) * ldo + (8 * g + k) % CC;
+          *o = add ? *o + v[k] : v[k];
+        }
+      }
     }
+  } else {
+#pragma GCC unroll 4
+    for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < CC; ++c) {
+        const F v = hsum(acc[r][c]);
+        out[r * ldo + c] = add ? out[r * ldo + c] + v : v;
+      }
+  }
 }
 
 template <typename F>
@@ -356,10 +426,12 @@ static void gru_fwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* indp
                     const i64* gcum, const F* bhh, const F* GI, const i32* len, const F* Z, F* Y, F* SR, F* SZ,
                     F* SN, F* SG, int nt_req) {
   const i64 nbh = H / Rr, DH = D * H, P = DH * NP, PG = 3 * DH * NP;
+  StepBarrier barrier;
 #pragma omp parallel num_threads(nt_req)
   {
+    const int nt = omp_get_num_threads();
     i64 g0, g1;
-    share([&](i64 i) { return gcum[i]; }, D * nbh, omp_get_thread_num(), omp_get_num_threads(), g0, g1);
+    share([&](i64 i) { return gcum[i]; }, D * nbh, omp_get_thread_num(), nt, g0, g1);
     std::vector<F> scr((size_t)3 * Rr * NP);
     F* gh = scr.data();
     for (i64 s = 0; s < T; ++s) {
@@ -391,29 +463,32 @@ static void gru_fwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* indp
           }
         }
       }
-#pragma omp barrier
+      barrier.wait(nt);
     }
   }
 }
 
 // The backward pass through time of gru_fwd (its steps in reverse). VT is W_hh transposed
 // (block-diagonal, block rows of C units, blocks C x R). dY (T, D*H, NP) by frame. Writes DG
-// (T, D*4H, NP) by frame: rows [0, 3DH) the gradients of the gate pre-activations on the input
-// side (r, z, n; the recurrent side's r and z are the same), rows 3DH + u the recurrent side's n
-// gate (dn * r); adds their lane sums into DBI (D*3H) and DBHN (D*H). Per step: phase 1, each
-// thread its own units' gate derivatives into a step panel (double-buffered) and DG; barrier;
-// phase 2, its own units' dh = dh * z + (W_hh^T dgh) + dY of the next frame. Phase 2 of a step
-// and phase 1 of the next touch only the thread's own units, so one barrier per step suffices.
+// (T, D*4H, NP) by frame: rows [0, 3DH) the gradients of the recurrent side's pre-activations
+// (r, z, n; i.e. dgh, whose n gate is dn * r), rows 3DH + u the input side's n gate (dn; its r
+// and z equal dgh's), and adds their lane sums into DBI (D*3H: r, z, n of the input side) and
+// DBHN (D*H: n of the recurrent side). Per step: phase 1, each thread its own units' gate
+// derivatives; barrier; phase 2, its own units' dh = dh * z + (W_hh^T dgh) + dY of the next
+// frame, reading dgh of the step's frame straight from DG. Every step writes other frames of DG
+// than the step before, and phase 2 of a step and phase 1 of the next touch only the thread's
+// own units of DH, so one barrier per step suffices.
 template <typename F, int TR, int TC>  // TR x TC = C x R, the shape of the transposed blocks
 static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tindptr, const i32* tidx, const F* VT,
                     const F* dY, const i32* len, const F* Z, const F* Y, const F* SR, const F* SZ, const F* SN,
-                    const F* SG, F* DG, F* DBI, F* DBHN, F* DH, F* DGS, int nt_req) {
+                    const F* SG, F* DG, F* DBI, F* DBHN, F* DH, int nt_req) {
   const i64 DH_ = D * H, nbu = DH_ / Cr, RC = (i64)Rr * Cr, H3 = 3 * H, P = DH_ * NP, PG = 4 * DH_ * NP;
+  StepBarrier barrier;
 #pragma omp parallel num_threads(nt_req)
   {
+    const int nt = omp_get_num_threads();
     i64 i0, i1;
-    share([&](i64 i) { return (i64)tindptr[i] * RC + i * Cr * 16; }, nbu, omp_get_thread_num(),
-          omp_get_num_threads(), i0, i1);
+    share([&](i64 i) { return (i64)tindptr[i] * RC + i * Cr * 16; }, nbu, omp_get_thread_num(), nt, i0, i1);
     const i64 u0 = i0 * Cr, u1 = i1 * Cr;
     std::vector<F> scr((size_t)Cr * NP);
     for (i64 u = u0; u < u1; ++u) {
@@ -421,15 +496,13 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
       std::memcpy(DH + u * NP, dY + t * P + u * NP, sizeof(F) * NP);
     }
     for (i64 s = 0; s < T; ++s) {
-      F* dg = DGS + (s & 1) * D * H3 * NP;
       for (i64 u = u0; u < u1; ++u) {
         const int d = (int)(u / H);
         const i64 j = u % H, m = d * H3 + j, t = d == 0 ? T - 1 - s : s, o = t * P + u * NP;
         const F *sr = SR + o, *sz = SZ + o, *sn = SN + o, *sg = SG + o, *h0 = prev_state(Y, Z, d, t, T, P) + u * NP;
         F* dh = DH + u * NP;
-        F *gr = dg + m * NP, *gz = dg + (m + H) * NP, *gn = dg + (m + 2 * H) * NP;
         F* dgt = DG + t * PG;
-        F *xr = dgt + m * NP, *xz = dgt + (m + H) * NP, *xn = dgt + (m + 2 * H) * NP, *xh = dgt + (D * H3 + u) * NP;
+        F *xr = dgt + m * NP, *xz = dgt + (m + H) * NP, *xh = dgt + (m + 2 * H) * NP, *xn = dgt + (D * H3 + u) * NP;
         F br = 0, bz = 0, bn = 0, bh = 0;
 #pragma omp simd reduction(+ : br, bz, bn, bh)
         for (i64 n = 0; n < NP; ++n) {
@@ -438,13 +511,10 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
           const F dpz = e * (h0[n] - nn) * z * (F(1) - z);
           const F dpr = dpn * sg[n] * r * (F(1) - r);
           const F dhn = dpn * r;
-          gr[n] = dpr;
-          gz[n] = dpz;
-          gn[n] = dhn;
           xr[n] = dpr;
           xz[n] = dpz;
-          xn[n] = dpn;
           xh[n] = dhn;
+          xn[n] = dpn;
           dh[n] = e * z;
           br += dpr;
           bz += dpz;
@@ -456,12 +526,16 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
         DBI[m + 2 * H] += bn;
         DBHN[u] += bh;
       }
-#pragma omp barrier
+      barrier.wait(nt);
       if (s == T - 1) break;
       for (i64 i = i0; i < i1; ++i) {
-        mm_lanes<F, TR, TC>(Cr, Rr, tidx, VT, tindptr[i], tindptr[i + 1], dg, NP, scr.data(), NP, NP, nullptr);
+        const i64 ua = i * Cr;
+        const int d = (int)(ua / H);
+        const F* dgh = DG + (d == 0 ? T - 1 - s : s) * PG;  // dgh of this step's frame (rows [0, 3DH))
+        mm_lanes<F, TR, TC>(Cr, Rr, tidx, VT, tindptr[i], tindptr[i + 1], dgh, NP, scr.data(), NP, NP, nullptr);
+        const i64 t = d == 0 ? T - 2 - s : s + 1;  // the frame this direction visits next
         for (int c = 0; c < Cr; ++c) {
-          const i64 u = i * Cr + c, t = u < H ? T - 2 - s : s + 1;
+          const i64 u = ua + c;
           F* dh = DH + u * NP;
           const F *a = scr.data() + c * NP, *go = dY + t * P + u * NP;
 #pragma omp simd
@@ -472,6 +546,28 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
   }
 }
 
+// ------------------------------------------------------------------------------- packing
+// The kept blocks' values from dense matrices (block p's (0, 0) element at src[p], rows ld apart)
+// into (n, R, C) row-major, or transposed into (n, C, R); and block gradients back into dense ones.
+template <typename F>
+static void gather_blocks(int R, int C, i64 n, const F* const* src, i64 ld, F* dst, int transpose, int nt) {
+  const i64 RC = (i64)R * C;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (i64 p = 0; p < n; ++p) {
+    const F* a = src[p];
+    F* o = dst + p * RC;
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) o[transpose ? c * R + r : r * C + c] = a[r * ld + c];
+  }
+}
+template <typename F>
+static void scatter_blocks(int R, int C, i64 n, const F* src, F* const* dst, i64 ld, int nt) {
+  const i64 RC = (i64)R * C;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (i64 p = 0; p < n; ++p)
+    for (int r = 0; r < R; ++r) std::memcpy(dst[p] + r * ld, src + p * RC + r * C, sizeof(F) * C);
+}
+
 // ------------------------------------------------------------------------------- entry points
 // Block shapes with compiled specialisations (f32); the transposed product in gru_bwd runs
 // blocks of C x R, so it dispatches on the swapped shape.
@@ -479,7 +575,7 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
 
 extern "C" {
 
-int bsr_train_abi() { return 2; }
+int bsr_train_abi() { return 4; }
 
 #define MM_ARGS int R, int C, i64 nbr, const i32 *indptr, const i32 *idx, const F *V, const F *X, i64 xplane, F *Y, \
   i64 yplane, i64 NP, i64 T, const F *bias, int nt
@@ -491,13 +587,21 @@ int bsr_train_abi() { return 2; }
 #define FW_PASS R, C, D, H, NP, T, indptr, idx, V, gcum, bhh, GI, len, Z, Y, SR, SZ, SN, SG, nt
 #define BW_ARGS int R, int C, int D, i64 H, i64 NP, i64 T, const i32 *tindptr, const i32 *tidx, const F *VT, \
   const F *dY, const i32 *len, const F *Z, const F *Y, const F *SR, const F *SZ, const F *SN, const F *SG, F *DG, \
-  F *DBI, F *DBHN, F *DH, F *DGS, int nt
-#define BW_PASS R, C, D, H, NP, T, tindptr, tidx, VT, dY, len, Z, Y, SR, SZ, SN, SG, DG, DBI, DBHN, DH, DGS, nt
+  F *DBI, F *DBHN, F *DH, int nt
+#define BW_PASS R, C, D, H, NP, T, tindptr, tidx, VT, dY, len, Z, Y, SR, SZ, SN, SG, DG, DBI, DBHN, DH, nt
 
 static int bad(int R, int C, i64 NP) { return R < 1 || C < 1 || NP % 8; }
 static int bad_gru(int R, int C, i64 H, i64 NP, i64 T) { return bad(R, C, NP) || H % R || H % C || T < 1; }
 
 #define F float
+int gather_blocks_f32(int R, int C, i64 n, const F* const* src, i64 ld, F* dst, int transpose, int nt) {
+  gather_blocks<F>(R, C, n, src, ld, dst, transpose, nt);
+  return 0;
+}
+int scatter_blocks_f32(int R, int C, i64 n, const F* src, F* const* dst, i64 ld, int nt) {
+  scatter_blocks<F>(R, C, n, src, dst, ld, nt);
+  return 0;
+}
 int bsr_mm_f32(MM_ARGS) {
   if (bad(R, C, NP)) return -2;
 #define CASE(r, c) if (R == r && C == c) { mm_steps<F, r, c>(MM_PASS); return 0; }
@@ -531,6 +635,14 @@ int gru_bwd_f32(BW_ARGS) {
 
 // f64: the generic code only (for gradient checks; speed does not matter there)
 #define F double
+int gather_blocks_f64(int R, int C, i64 n, const F* const* src, i64 ld, F* dst, int transpose, int nt) {
+  gather_blocks<F>(R, C, n, src, ld, dst, transpose, nt);
+  return 0;
+}
+int scatter_blocks_f64(int R, int C, i64 n, const F* src, F* const* dst, i64 ld, int nt) {
+  scatter_blocks<F>(R, C, n, src, dst, ld, nt);
+  return 0;
+}
 int bsr_mm_f64(MM_ARGS) {
   if (bad(R, C, NP)) return -2;
   mm_steps<F, 0, 0>(MM_PASS);
