@@ -255,9 +255,103 @@ static inline void mm_lanes(int Rr, int Cr, const i32* idx, const F* V, i64 p0, 
 #undef TILE
 }
 
+// mm_tile for two frames at once (X0/X1 -> Y0/Y1, same lanes): each weight broadcast and each
+// block's index feed twice the FMAs; for narrow panels (batch <= 32), where one frame alone leaves
+// the weight stream and the broadcasts as the bottleneck.
+template <typename F, int R, int C, int NF, int NH>
+static inline void mm_tile2(const i32* __restrict idx, const F* __restrict V, i64 p0, i64 p1, const F* __restrict X0,
+                            const F* __restrict X1, i64 ldx, F* __restrict Y0, F* __restrict Y1, i64 ldy,
+                            const F* bias) {
+  typedef VF<F> vf;
+  typedef VH<F> vh;
+  constexpr int W = WF<F>, NFA = NF > 0 ? NF : 1, NHA = NH > 0 ? NH : 1;
+  vf af[2][R][NFA];
+  vh ah[2][R][NHA];
+#pragma GCC unroll 2
+  for (int f = 0; f < 2; ++f)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const F b0 = bias ? bias[r] : F(0);
+#pragma GCC unroll 2
+      for (int k = 0; k < NF; ++k) af[f][r][k] = (vf){} + b0;
+#pragma GCC unroll 2
+      for (int k = 0; k < NH; ++k) ah[f][r][k] = (vh){} + b0;
+    }
+  for (i64 p = p0; p < p1; ++p) {
+    const F* w = V + p * (R * C);
+    const i64 xo = (i64)idx[p] * C * ldx;
+    if (PF && p + PF < p1) {
+      const i64 xq = (i64)idx[p + PF] * C * ldx;
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        __builtin_prefetch(X0 + xq + c * ldx);
+        __builtin_prefetch(X1 + xq + c * ldx);
+      }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      vf xf[2][NFA];
+      vh xh[2][NHA];
+#pragma GCC unroll 2
+      for (int k = 0; k < NF; ++k) {
+        xf[0][k] = ldv<vf>(X0 + xo + c * ldx + k * W);
+        xf[1][k] = ldv<vf>(X1 + xo + c * ldx + k * W);
+        pin(xf[0][k]);
+        pin(xf[1][k]);
+      }
+#pragma GCC unroll 2
+      for (int k = 0; k < NH; ++k) {
+        xh[0][k] = ldv<vh>(X0 + xo + c * ldx + NF * W + k * (W / 2));
+        xh[1][k] = ldv<vh>(X1 + xo + c * ldx + NF * W + k * (W / 2));
+        pin(xh[0][k]);
+        pin(xh[1][k]);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const F wv = w[r * C + c];
+#pragma GCC unroll 2
+        for (int f = 0; f < 2; ++f) {
+#pragma GCC unroll 2
+          for (int k = 0; k < NF; ++k) af[f][r][k] += wv * xf[f][k];
+#pragma GCC unroll 2
+          for (int k = 0; k < NH; ++k) ah[f][r][k] += wv * xh[f][k];
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int k = 0; k < NF; ++k) {
+      stv(Y0 + r * ldy + k * W, af[0][r][k]);
+      stv(Y1 + r * ldy + k * W, af[1][r][k]);
+    }
+#pragma GCC unroll 2
+    for (int k = 0; k < NH; ++k) {
+      stv(Y0 + r * ldy + NF * W + k * (W / 2), ah[0][r][k]);
+      stv(Y1 + r * ldy + NF * W + k * (W / 2), ah[1][r][k]);
+    }
+  }
+}
+
+// Two frames of one block row when the panel is at most 2 full vectors wide and the block has at
+// most 4 rows (so 2 * R * (NF + NH) accumulators stay in registers); false if not applicable.
+template <typename F, int R, int C>
+static inline bool mm_pair(const i32* idx, const F* V, i64 p0, i64 p1, const F* X0, const F* X1, i64 ldx, F* Y0,
+                           F* Y1, i64 ldy, i64 lanes, const F* bias) {
+  if constexpr (R > 0 && R <= 4) {
+    constexpr int W = WF<F>;
+    const int nf = (int)(lanes / W), nh = (int)((lanes % W) / (W / 2));
+#define PAIR(a, b) if (nf == a && nh == b) { mm_tile2<F, R, C, a, b>(idx, V, p0, p1, X0, X1, ldx, Y0, Y1, ldy, bias); return true; }
+    PAIR(0, 1) PAIR(1, 0) PAIR(1, 1) PAIR(2, 0)
+#undef PAIR
+  }
+  return false;
+}
+
 // Y_t = W X_t (+ bias) for every step t: X_t = X + t*xplane and Y_t = Y + t*yplane are (rows, NP)
-// panels. Steps outermost, so that a step's panel of X stays in cache while a thread's block rows
-// stream past it.
+// panels. Steps outermost (two at a time where mm_pair applies), so that a step's panel of X stays
+// in cache while a thread's block rows stream past it.
 template <typename F, int R, int C>
 static void mm_steps(int Rr, int Cr, i64 nbr, const i32* indptr, const i32* idx, const F* V, const F* X, i64 xplane,
                      F* Y, i64 yplane, i64 NP, i64 T, const F* bias, int nt_req) {
@@ -266,7 +360,18 @@ static void mm_steps(int Rr, int Cr, i64 nbr, const i32* indptr, const i32* idx,
   {
     i64 ib0, ib1;
     share([&](i64 i) { return (i64)indptr[i] * RC + i * Rr * 4; }, nbr, omp_get_thread_num(), omp_get_num_threads(), ib0, ib1);
-    for (i64 t = 0; t < T; ++t)
+    i64 t = 0;
+    for (; t + 2 <= T; t += 2)
+      for (i64 ib = ib0; ib < ib1; ++ib) {
+        const F* b = bias ? bias + ib * Rr : nullptr;
+        F *y0 = Y + t * yplane + ib * Rr * NP, *y1 = y0 + yplane;
+        if (!mm_pair<F, R, C>(idx, V, indptr[ib], indptr[ib + 1], X + t * xplane, X + (t + 1) * xplane, NP, y0, y1, NP,
+                              NP, b)) {
+          mm_lanes<F, R, C>(Rr, Cr, idx, V, indptr[ib], indptr[ib + 1], X + t * xplane, NP, y0, NP, NP, b);
+          mm_lanes<F, R, C>(Rr, Cr, idx, V, indptr[ib], indptr[ib + 1], X + (t + 1) * xplane, NP, y1, NP, NP, b);
+        }
+      }
+    for (; t < T; ++t)
       for (i64 ib = ib0; ib < ib1; ++ib)
         mm_lanes<F, R, C>(Rr, Cr, idx, V, indptr[ib], indptr[ib + 1], X + t * xplane, NP, Y + t * yplane + ib * Rr * NP,
                           NP, NP, bias ? bias + ib * Rr : nullptr);
