@@ -22,6 +22,9 @@ The masks define the weights: a pruned entry counts as zero even where the dense
 
 Call ``enable_block_sparse`` again whenever masks change (RigL/SET); it repacks only GRUs whose
 masks changed, and packing costs a few ms. ``disable_block_sparse`` returns to the dense path.
+Gradients at pruned weights are zero on this path, so a method that scores pruned blocks by
+their dense gradient (RigL's regrowth) must run the step before each mask update on the dense
+path (disable, step, enable again).
 
 Layout: activations travel between layers step-major, ``(T, features, NP)`` with the batch
 padded to ``NP`` lanes (a multiple of 8): every product is a BSR matrix times ``(K, NP)``

@@ -86,6 +86,15 @@ def test_bsr_path_equals_the_dense_path_with_zeros(hidden, inp, layers, bidirect
     assert_matches_dense(rnn, masks, x, lengths)
 
 
+@pytest.mark.parametrize("t,batch,lengths,block", [(1, 3, [1, 1, 0], (4, 4)), (3, 2, [0, 0], (4, 4)),
+                                                    (4, 33, None, (4, 4)), (3, 70, None, (8, 8)), (3, 17, None, (2, 2))])
+def test_bsr_path_at_edge_shapes(t, batch, lengths, block):
+    """One frame, empty utterances, batches that pad to odd lane counts (40, 72, 24 lanes)."""
+    rnn, masks = masked_gru(16, 8, 2, True, block)
+    lengths = torch.tensor(lengths) if lengths else torch.randint(0, t + 1, (batch,))
+    assert_matches_dense(rnn, masks, torch.randn(t, batch, 8), lengths)
+
+
 def test_bsr_path_without_biases_and_with_a_fully_pruned_matrix():
     rnn, masks = masked_gru(16, 8, 2, True, (4, 4), bias=False)
     masks.set_("weight_hh_l1_reverse", torch.zeros_like(masks.block_masks["weight_hh_l1_reverse"]))
