@@ -23,7 +23,7 @@ from pathlib import Path
 SOURCE_PATH = Path(__file__).with_name("csrc") / "bsr_train.cpp"
 BASE_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=gnu++17", "-ffp-contract=fast"]
 FLAG_SETS = (["-march=native", *BASE_FLAGS], BASE_FLAGS)  # the second one where -march=native is refused
-ABI = 4  # bump with any change of the entry points' signatures (bsr_train_abi() in the source)
+ABI = 5  # bump with any change of the entry points' signatures (bsr_train_abi() in the source)
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 SIGNATURES = {
@@ -31,8 +31,8 @@ SIGNATURES = {
     "sddmm": [_I, _I, _L, _P, _P, _P, _P, _L, _L, _L, _L, _P, _I],
     "gru_fwd": [_I, _I, _I, _L, _L, _L] + [_P] * 13 + [_I],
     "gru_bwd": [_I, _I, _I, _L, _L, _L] + [_P] * 15 + [_I],
-    "gather_blocks": [_I, _I, _L, _P, _L, _P, _I, _I],
-    "scatter_blocks": [_I, _I, _L, _P, _P, _L, _I],
+    "gather_blocks": [_I, _I, _L, _P, _P, _P, _P, _L, _P, _I, _I],
+    "scatter_blocks": [_I, _I, _L, _P, _P, _P, _L, _L, _I],
 }
 
 

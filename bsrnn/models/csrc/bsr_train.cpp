@@ -524,13 +524,15 @@ static inline const F* prev_state(const F* Y, const F* Z, int d, i64 t, i64 T, i
 // block-diagonal BSR (rows d*3H + gate*H + j, columns d*H + j); group g = (d, jb) is the R units
 // jb*R.. of direction d, i.e. the block rows of its r, z and n gates; gcum (D*H/R + 1) is their
 // cumulative cost. GI (T, D*3H, NP) = W_ih x + b_ih; len (NP): frames t < len[n] are valid; Z is a
-// zero (D*H, NP) panel. Writes Y (T, D*H, NP), the outputs (zero where invalid), and the saved
+// zero (D*H, NP) panel (null: an internal one). Writes Y (T, D*H, NP), the outputs (zero where invalid), and the saved
 // r, z, n, gh_n (T, D*H, NP), all by frame.
 template <typename F, int R, int C>
 static void gru_fwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* indptr, const i32* idx, const F* V,
                     const i64* gcum, const F* bhh, const F* GI, const i32* len, const F* Z, F* Y, F* SR, F* SZ,
                     F* SN, F* SG, int nt_req) {
   const i64 nbh = H / Rr, DH = D * H, P = DH * NP, PG = 3 * DH * NP;
+  std::vector<F> zeros(Z ? 0 : (size_t)P);
+  if (!Z) Z = zeros.data();
   StepBarrier barrier;
 #pragma omp parallel num_threads(nt_req)
   {
@@ -588,6 +590,8 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
                     const F* dY, const i32* len, const F* Z, const F* Y, const F* SR, const F* SZ, const F* SN,
                     const F* SG, F* DG, F* DBI, F* DBHN, F* DH, int nt_req) {
   const i64 DH_ = D * H, nbu = DH_ / Cr, RC = (i64)Rr * Cr, H3 = 3 * H, P = DH_ * NP, PG = 4 * DH_ * NP;
+  std::vector<F> zeros(Z ? 0 : (size_t)P);
+  if (!Z) Z = zeros.data();
   StepBarrier barrier;
 #pragma omp parallel num_threads(nt_req)
   {
@@ -652,25 +656,37 @@ static void gru_bwd(int Rr, int Cr, int D, i64 H, i64 NP, i64 T, const i32* tind
 }
 
 // ------------------------------------------------------------------------------- packing
-// The kept blocks' values from dense matrices (block p's (0, 0) element at src[p], rows ld apart)
-// into (n, R, C) row-major, or transposed into (n, C, R); and block gradients back into dense ones.
+// The kept blocks' values from dense matrices into (n, R, C) row-major, or transposed into
+// (n, C, R): block p is block q = perm[p] (or p) of the source, whose (0, 0) element is at
+// bases[part[q]] + off[q] (part: 0 when null; off: q * R * C when null, i.e. a packed source),
+// its rows ld apart. And block gradients back into a dense matrix (zeroed first when asked).
 template <typename F>
-static void gather_blocks(int R, int C, i64 n, const F* const* src, i64 ld, F* dst, int transpose, int nt) {
+static void gather_blocks(int R, int C, i64 n, const F* const* bases, const i64* part, const i64* off,
+                          const i64* perm, i64 ld, F* dst, int transpose, int nt) {
   const i64 RC = (i64)R * C;
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (i64 p = 0; p < n; ++p) {
-    const F* a = src[p];
+    const i64 q = perm ? perm[p] : p;
+    const F* a = bases[part ? part[q] : 0] + (off ? off[q] : q * RC);
     F* o = dst + p * RC;
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) o[transpose ? c * R + r : r * C + c] = a[r * ld + c];
   }
 }
 template <typename F>
-static void scatter_blocks(int R, int C, i64 n, const F* src, F* const* dst, i64 ld, int nt) {
+static void scatter_blocks(int R, int C, i64 n, const F* src, F* base, const i64* off, i64 ld, i64 zero_numel, int nt) {
   const i64 RC = (i64)R * C;
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (i64 p = 0; p < n; ++p)
-    for (int r = 0; r < R; ++r) std::memcpy(dst[p] + r * ld, src + p * RC + r * C, sizeof(F) * C);
+#pragma omp parallel num_threads(nt)
+  {
+    if (zero_numel > 0) {
+      constexpr i64 CH = 1 << 14;
+#pragma omp for schedule(static)
+      for (i64 k = 0; k < zero_numel; k += CH) std::memset(base + k, 0, sizeof(F) * std::min(CH, zero_numel - k));
+    }
+#pragma omp for schedule(static)
+    for (i64 p = 0; p < n; ++p)
+      for (int r = 0; r < R; ++r) std::memcpy(base + off[p] + r * ld, src + p * RC + r * C, sizeof(F) * C);
+  }
 }
 
 // ------------------------------------------------------------------------------- entry points
@@ -680,7 +696,7 @@ static void scatter_blocks(int R, int C, i64 n, const F* src, F* const* dst, i64
 
 extern "C" {
 
-int bsr_train_abi() { return 4; }
+int bsr_train_abi() { return 5; }
 
 #define MM_ARGS int R, int C, i64 nbr, const i32 *indptr, const i32 *idx, const F *V, const F *X, i64 xplane, F *Y, \
   i64 yplane, i64 NP, i64 T, const F *bias, int nt
@@ -699,12 +715,13 @@ static int bad(int R, int C, i64 NP) { return R < 1 || C < 1 || NP % 8; }
 static int bad_gru(int R, int C, i64 H, i64 NP, i64 T) { return bad(R, C, NP) || H % R || H % C || T < 1; }
 
 #define F float
-int gather_blocks_f32(int R, int C, i64 n, const F* const* src, i64 ld, F* dst, int transpose, int nt) {
-  gather_blocks<F>(R, C, n, src, ld, dst, transpose, nt);
+int gather_blocks_f32(int R, int C, i64 n, const F* const* bases, const i64* part, const i64* off, const i64* perm,
+                      i64 ld, F* dst, int transpose, int nt) {
+  gather_blocks<F>(R, C, n, bases, part, off, perm, ld, dst, transpose, nt);
   return 0;
 }
-int scatter_blocks_f32(int R, int C, i64 n, const F* src, F* const* dst, i64 ld, int nt) {
-  scatter_blocks<F>(R, C, n, src, dst, ld, nt);
+int scatter_blocks_f32(int R, int C, i64 n, const F* src, F* base, const i64* off, i64 ld, i64 zero_numel, int nt) {
+  scatter_blocks<F>(R, C, n, src, base, off, ld, zero_numel, nt);
   return 0;
 }
 int bsr_mm_f32(MM_ARGS) {
@@ -740,12 +757,13 @@ int gru_bwd_f32(BW_ARGS) {
 
 // f64: the generic code only (for gradient checks; speed does not matter there)
 #define F double
-int gather_blocks_f64(int R, int C, i64 n, const F* const* src, i64 ld, F* dst, int transpose, int nt) {
-  gather_blocks<F>(R, C, n, src, ld, dst, transpose, nt);
+int gather_blocks_f64(int R, int C, i64 n, const F* const* bases, const i64* part, const i64* off, const i64* perm,
+                      i64 ld, F* dst, int transpose, int nt) {
+  gather_blocks<F>(R, C, n, bases, part, off, perm, ld, dst, transpose, nt);
   return 0;
 }
-int scatter_blocks_f64(int R, int C, i64 n, const F* src, F* const* dst, i64 ld, int nt) {
-  scatter_blocks<F>(R, C, n, src, dst, ld, nt);
+int scatter_blocks_f64(int R, int C, i64 n, const F* src, F* base, const i64* off, i64 ld, i64 zero_numel, int nt) {
+  scatter_blocks<F>(R, C, n, src, base, off, ld, zero_numel, nt);
   return 0;
 }
 int bsr_mm_f64(MM_ARGS) {
