@@ -47,9 +47,6 @@ typedef int32_t i32;
 #ifndef PF
 #define PF 3  // blocks ahead whose x rows the products prefetch (scattered rows defeat the hardware prefetcher)
 #endif
-#ifndef SPF
-#define SPF 0  // frames ahead whose rows the SDDMM prefetches (0: off; measured slower on Zen 4)
-#endif
 #ifndef SCHUNK
 #define SCHUNK 8  // frames per SDDMM pass: the pass's panels stay in L2 and the TLB
 #endif
@@ -393,14 +390,6 @@ static inline void dots(const F* const* g, const F* const* h, i64 gs, i64 hs, i6
     for (int c = 0; c < CC; ++c) acc[r][c] = (vh){};
   for (i64 i = 0; i < np; ++i) {
     const i64 go = i * gs, ho = i * hs;
-    if (SPF && i + SPF < np) {  // frames are far apart: prefetch the rows of a frame ahead
-#pragma GCC unroll 4
-      for (int r = 0; r < RC; ++r)
-        for (i64 n = 0; n < NP; n += 16) __builtin_prefetch(g[r] + go + SPF * gs + n);
-#pragma GCC unroll 4
-      for (int c = 0; c < CC; ++c)
-        for (i64 n = 0; n < NP; n += 16) __builtin_prefetch(h[c] + ho + SPF * hs + n);
-    }
     for (i64 n = 0; n < NP; n += W) {
       vh gv[RC], hv[CC];
 #pragma GCC unroll 4
