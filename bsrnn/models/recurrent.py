@@ -112,20 +112,23 @@ class GRUScan(torch.autograd.Function):
 
 
 def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
-                    mm_dtype: torch.dtype | None = None) -> torch.Tensor:
+                    mm_dtype: torch.dtype | None = None, param=None) -> torch.Tensor:
     """Layer ``k`` of ``rnn`` over padded ``x (T, N, In)``, all directions in one ``GRUScan``.
 
     The input projection runs under whatever autocast is active (bf16 training makes it one bf16
     GEMM); the recurrence keeps its state in float32, with the per-step product in ``mm_dtype``.
+    ``param(name)`` gives each weight (default: the module's own parameter; the block-sparse
+    path's torch fallback passes masked ones).
     """
+    param = param or (lambda name: getattr(rnn, name))
     sfx = ("", "_reverse")[: 2 if rnn.bidirectional else 1]
     d, hid = len(sfx), rnn.hidden_size
     t_max, n, _ = x.shape
-    w_ih = torch.cat([getattr(rnn, f"weight_ih_l{k}{s}") for s in sfx])  # (D*3H, In)
-    u = torch.stack([getattr(rnn, f"weight_hh_l{k}{s}").t() for s in sfx])  # (D, H, 3H)
+    w_ih = torch.cat([param(f"weight_ih_l{k}{s}") for s in sfx])  # (D*3H, In)
+    u = torch.stack([param(f"weight_hh_l{k}{s}").t() for s in sfx])  # (D, H, 3H)
     if rnn.bias:
-        b_ih = torch.cat([getattr(rnn, f"bias_ih_l{k}{s}") for s in sfx])
-        b_hh = torch.stack([getattr(rnn, f"bias_hh_l{k}{s}") for s in sfx])[:, None, :]  # (D, 1, 3H)
+        b_ih = torch.cat([param(f"bias_ih_l{k}{s}") for s in sfx])
+        b_hh = torch.stack([param(f"bias_hh_l{k}{s}") for s in sfx])[:, None, :]  # (D, 1, 3H)
     else:
         b_ih, b_hh = None, x.new_zeros(d, 1, 3 * hid)
     gi = F.linear(x, w_ih, b_ih).view(t_max, n, d, 3 * hid)  # every step's input projection, one GEMM
@@ -140,6 +143,8 @@ def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
     return y.reshape(t_max, n, d * hid)
 
 
+BSR_ATTR = "_bsrnn_block_sparse"  # the attribute of an nn.GRU holding its sparse_gru.GRULayout
+
 _VF_OPS = {"GRU": _VF.gru, "LSTM": _VF.lstm, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
 
@@ -150,7 +155,9 @@ def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *,
     Same result on every valid frame as running it on the PackedSequence of ``x`` and
     ``lengths``; the padding frames of the output are zero. ``scan`` picks ``GRUScan`` for a GRU
     (default: on CPU tensors); otherwise each layer and direction is one fused unidirectional
-    ``_VF`` call (cuDNN on GPUs) with the module's own parameters.
+    ``_VF`` call (cuDNN on GPUs) with the module's own parameters. A GRU given a block-sparse
+    layout by ``sparse_gru.enable_block_sparse`` runs its block-sparse kernels instead (unless
+    ``scan=False``; they compute in float32 whatever the autocast).
 
     Under bf16 autocast the scan's input projections run in bf16 and its per-step products in
     ``mm_dtype`` (None = float32), the state always in float32; the fused ``_VF`` path runs in
@@ -161,6 +168,9 @@ def padded_recurrent(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, *,
                          f"or dropout, not {rnn}")
     if lengths.device != x.device:
         lengths = lengths.to(x.device)
+    if scan is not False and getattr(rnn, BSR_ATTR, None) is not None:  # enable_block_sparse(...) gave it a layout
+        from .sparse_gru import bsr_recurrent
+        return bsr_recurrent(rnn, x, lengths)
     scan = (rnn.mode == "GRU" and not x.is_cuda) if scan is None else scan
     if scan and rnn.mode != "GRU":
         raise ValueError(f"scan=True needs a GRU, not {rnn.mode}")
