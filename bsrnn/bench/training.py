@@ -14,7 +14,8 @@ median over rounds with the spread. The configurations:
   block-sparse path (``"bsr"``: ``bsrnn.models.sparse_gru``, cost following the nonzeros);
 * each in ``fp32`` and ``bf16`` (``bsrnn.models.precision``).
 
-Peak memory: each configuration also runs a few steps alone in a child process, whose peak
+Peak memory: each configuration also runs a few steps alone in a child process (with the
+allocator ``bsrnn main`` gives its training processes, ``bsrnn.train.memory``), whose peak
 resident set size (``ru_maxrss``) is recorded as ``peak_rss_mb`` — a number for that model
 alone, not for the process that holds all of them.
 
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from ..atomic import write_json, write_text
 from ..models import precision as prec
 from ..models.deepspeech2 import build_model
+from ..train.memory import allocator_env
 
 DENSE_WIDTHS = (128, 256, 320, 512)
 SPARSE_WIDTHS = (256, 512, 1024)
@@ -81,14 +83,14 @@ class Setup:
         self.model = build_model("gru128", hidden=case.hidden).set_precision(case.precision)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         if case.sparsity:
-            self.method = StaticSparsity(self.model, BLOCK, case.sparsity, include=["rnn.*"], optimizer=self.opt,
+            self.method = StaticSparsity(self.model, BLOCK, case.sparsity, exclude=["output.*"], optimizer=self.opt,
                                          seed=seed)
         else:
-            self.method = NoSparsity(self.model)
+            self.method = NoSparsity(self.model, (1, 1), exclude=["output.*"])  # as bsrnn train builds "none"
         if case.path == "bsr":
             from ..models.sparse_gru import enable_block_sparse
 
-            enable_block_sparse(self.model, self.method.masks)
+            enable_block_sparse(self.model, self.method.masks.block_masks, BLOCK)
         g = torch.Generator().manual_seed(seed)
         self.feats = torch.randn(batch, frames, self.model.spec.n_mels, generator=g)
         self.lengths = torch.full((batch,), frames, dtype=torch.long)
@@ -112,7 +114,8 @@ def peak_rss_child(case: Case, batch: int, frames: int, steps: int, threads: int
     """Peak RSS (MB) of a fresh process that trains ``case`` for ``steps`` steps."""
     cmd = [sys.executable, "-m", "bsrnn.bench.training", "--child", json.dumps(asdict(case)),
            str(batch), str(frames), str(steps), str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600,
+                         env=allocator_env())  # the allocator bsrnn's training processes run with
     if out.returncode != 0:
         raise RuntimeError(f"peak-memory child for {case.name} failed: {out.stderr.strip()[-500:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])
@@ -182,6 +185,8 @@ def machine(load_before, load_after) -> dict:
     return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "native_bf16": prec.native_bf16(), "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "loadavg_before": load_before, "loadavg_after": load_after, "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+            "child_allocator": "jemalloc" if "jemalloc" in allocator_env().get("LD_PRELOAD", "") else "system",
             "python": platform.python_version()}
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     resume: bool = True  # continue from <run_dir>/last.pt when it exists
     precision: str = "auto"  # fp32 | bf16 (mixed, fp32 master weights) | auto = bf16 on CPUs with native bf16
     recurrent_precision: str = "auto"  # per-step W_hh·h product under bf16: fp32 | bf16 | auto (by width)
+    sparse_kernels: str = "auto"  # auto: GRUs train on block-sparse kernels once masks are fixed | off
 
 
 @dataclass
@@ -127,7 +128,7 @@ class Config:
 
 
 CHOICES = {"optim.name": ("adam", "sgd"), "model.rnn_type": ("rnn", "gru", "lstm", None),
-           "train.precision": ("auto", "fp32", "bf16"), "train.recurrent_precision": ("auto", "fp32", "bf16")}
+           "train.precision": ("auto", "fp32", "bf16"), "train.recurrent_precision": ("auto", "fp32", "bf16"), "train.sparse_kernels": ("auto", "off")}
 # Numeric ranges: a value outside them would fail later with a message that names no key
 # (torch's "Invalid learning rate: -1", the sampler's "batch_size must be >= 1") or silently
 # train nothing (epochs = 0).

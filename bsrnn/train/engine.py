@@ -179,7 +179,8 @@ class TrainStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, method, *,
                  lr_at: Callable[[int], float], grad_clip: float, max_bad_batches: int,
                  units: tuple[str, str] = ("batch", "batches"), advice: str = "lower optim.lr or check the data",
-                 last: Path | None = None, precision: str = "fp32", recurrent_precision: str = "auto"):
+                 last: Path | None = None, precision: str = "fp32", recurrent_precision: str = "auto",
+                 block_sparse: bool = False):
         self.model, self.optimizer, self.method = model, optimizer, method
         self.lr_at, self.grad_clip, self.max_bad_batches = lr_at, grad_clip, max_bad_batches
         self.units, self.advice, self.last = units, advice, last
@@ -188,6 +189,8 @@ class TrainStep:
         self._autocast = not hasattr(model, "set_precision")  # a model of the user's: autocast it whole
         if not self._autocast:
             model.set_precision(self.precision, recurrent_precision)
+        self.block_sparse = block_sparse  # GRUs train on block-sparse kernels while the masks are fixed
+        self._on_bsr = False
 
     def set_lr(self, step: int) -> float:
         lr = self.lr_at(step)
@@ -195,11 +198,31 @@ class TrainStep:
             group["lr"] = lr
         return lr
 
+    def sync_kernels(self, step: int) -> None:
+        """Before step ``step``'s forward pass: run the model's GRUs on block-sparse kernels when
+        the method's masks are fixed for this step (``method.fixed_masks``), repacked whenever the
+        masks changed, and on the dense path otherwise. A pure function of the step and the
+        method's state, so a resumed run takes the same path at the same steps."""
+        if not self.block_sparse:
+            return
+        from ..models.sparse_gru import disable_block_sparse, enable_block_sparse
+
+        if self.method.fixed_masks(step):
+            packed = enable_block_sparse(self.model, self.method.masks.block_masks, self.method.block)
+            if packed and not self._on_bsr:
+                tqdm.write(f"step {step}: masks fixed, {', '.join(packed)} now train on block-sparse kernels")
+            self._on_bsr = bool(packed) or self._on_bsr
+        elif self._on_bsr:
+            disable_block_sparse(self.model)
+            self._on_bsr = False
+
     @contextlib.contextmanager
-    def forward(self) -> Iterator[None]:
+    def forward(self, step: int | None = None) -> Iterator[None]:
         """Run the forward pass and the loss in here. The buffers (BatchNorm statistics) are
         saved on entry and restored if the batch turns out bad; a model without its own
         ``set_precision`` runs here under bf16 autocast when training in bf16."""
+        if step is not None:
+            self.sync_kernels(step)
         self._buffers = [b.clone() for b in self.model.buffers()]
         if self._autocast:
             device = next(self.model.parameters()).device

@@ -249,7 +249,7 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
 
             # --- the training step -----------------------------------------------------------
             x, y = window(data, index, cfg.train.bptt)  # (T, N), (T, N)
-            with trainer.forward():
+            with trainer.forward(step):
                 logits, new_state = model(x, detach_state(state))  # (T, N, V)
                 ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             penalty = method.penalty()

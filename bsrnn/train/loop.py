@@ -67,6 +67,7 @@ def resume_defaults() -> dict:
     ``train.precision`` existed trained in fp32 (the default is now ``auto``)."""
     defaults = config_to_dict(Config())
     defaults["train"]["precision"] = "fp32"
+    defaults["train"]["sparse_kernels"] = "off"  # and on dense kernels throughout
     return defaults
 
 
@@ -134,7 +135,8 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
                         grad_clip=cfg.optim.grad_clip, max_bad_batches=cfg.train.max_bad_batches,
                         units=("batch", "batches"), advice="lower optim.lr or check the data",
                         last=checkpoints.last, precision=cfg.train.precision,
-                        recurrent_precision=cfg.train.recurrent_precision)
+                        recurrent_precision=cfg.train.recurrent_precision,
+                        block_sparse=cfg.train.sparse_kernels == "auto")
     if ctx.is_main and resumed is None:
         tqdm.write(f"precision {trainer.precision} (recurrent products "
                    f"{getattr(model, 'recurrent_precision', trainer.precision)}; native bf16: {native_bf16() or 'none'})")
@@ -164,7 +166,7 @@ def _train(cfg: Config, model: torch.nn.Module | None, ctx: distributed.Dist) ->
                 # process) and trains on its shard of it.
                 feats, feat_lens, targets, target_lens, _ = distributed.collate_shard(
                     [train_set[i] for i in indices], ctx)
-                with trainer.forward():
+                with trainer.forward(step):
                     log_probs, out_lens = forward(feats, feat_lens)  # (T', N, 29), (N,)
                     ctc = distributed.ctc_loss(log_probs, targets, out_lens, target_lens, len(indices), ctx)
                 penalty = method.penalty()  # in full on every rank: DDP's average leaves it unchanged

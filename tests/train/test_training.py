@@ -125,6 +125,28 @@ def test_precision_config_values_are_checked(corpus, tmp_path):
         tiny(corpus, tmp_path / "run", "model.subsample=0")
 
 
+@pytest.mark.parametrize("method", [["sparsity.method=static", "sparsity.target=0.75"],
+                                    ["sparsity.method=bp", "sparsity.freq=1", "sparsity.start=1", "sparsity.ramp=2",
+                                     "sparsity.end=3", "sparsity.target=0.75"]])
+def test_block_sparse_kernels_train_the_model_the_dense_path_trains(corpus, tmp_path, method, capsys):
+    from bsrnn.models.recurrent import BSR_ATTR
+    from bsrnn.train.build import model_from_config
+
+    sets = [*method, "sparsity.block=[4,4]", "sparsity.exclude=['output.*']", "train.precision=fp32"]
+    runs = {}
+    for kernels in ("off", "auto"):
+        cfg = tiny(corpus, tmp_path / kernels, *sets, f"train.sparse_kernels={kernels}")
+        model = model_from_config(cfg.model)
+        train(cfg, model=model)
+        runs[kernels] = (model, load_checkpoint(tmp_path / kernels / "last.pt")["model"])
+    assert getattr(runs["off"][0].rnn, BSR_ATTR, None) is None
+    assert getattr(runs["auto"][0].rnn, BSR_ATTR, None) is not None  # the kernels really trained it
+    first = 0 if "static" in method[0] else 3  # static from the start, BP once pruning has ended
+    assert f"step {first}: masks fixed, rnn now train on block-sparse kernels" in capsys.readouterr().out
+    for name, w in runs["off"][1].items():
+        torch.testing.assert_close(runs["auto"][1][name], w, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_resuming_under_a_different_config_is_refused(corpus, tmp_path):
     train(tiny(corpus, tmp_path / "run", "train.epochs=1"))
     with pytest.raises(ValueError, match="last.pt was trained with optim.lr = 0.0015, not 0.01; use another"):
