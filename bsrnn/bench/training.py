@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from ..atomic import write_json, write_text
 from ..models import precision as prec
 from ..models.deepspeech2 import build_model
-from ..train.memory import allocator_env
+from ..train.memory import allocator_env, peak_rss_mb
 
 DENSE_WIDTHS = (128, 256, 320, 512)
 SPARSE_WIDTHS = (256, 512, 1024)
@@ -128,7 +127,7 @@ def _child(argv: list[str]) -> int:
     s = Setup(case, batch, frames)
     for _ in range(steps):
         s.step()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
     return 0
 
 

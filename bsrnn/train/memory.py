@@ -75,7 +75,16 @@ def allocator_name() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux's ``VmHWM`` where there is one: ``ru_maxrss`` survives ``execve``, so a process started
+    by a large parent would report the parent's peak. Elsewhere ``ru_maxrss`` (macOS in bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 1024)
 

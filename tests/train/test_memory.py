@@ -33,3 +33,13 @@ def test_a_child_started_with_allocator_env_runs_on_jemalloc():
 def test_peak_rss_is_a_plausible_number_of_megabytes():
     assert 10 < memory.peak_rss_mb() < 64 * 1024
     memory.release_free_memory()  # safe to call anywhere
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+    # ru_maxrss survives execve: a small child of a large parent would report the parent's peak
+    code = "from bsrnn.train import memory; print(memory.peak_rss_mb())"
+    big = bytearray(600 * 2**20)  # the parent's peak rises by 600 MB
+    big[::4096] = b"x" * len(big[::4096])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    del big
+    assert float(out.stdout) < memory.peak_rss_mb() - 300
