@@ -1,9 +1,8 @@
 """Builds and loads the C++ block-sparse training kernels (``csrc/bsr_train.cpp``).
 
-Compiled once per machine with the system C++ compiler (``$CXX`` or g++/c++, ``-O3 -march=native
--fopenmp``; without ``-march=native`` if that fails) into ``$BSRNN_CACHE`` (default
-``~/.cache/bsrnn``), named by a hash of the source, compiler, flags and CPU; built in a temporary
-directory and renamed into place, so concurrent first uses are safe. ``library()`` returns None
+Compiled once per machine by ``bsrnn.native`` (the package's one C++ builder: cache in
+``$BSRNN_CACHE``, keyed by source, compiler, flags and CPU; atomic) with ``-O3 -march=native
+-fopenmp``, or without ``-march=native`` if that fails. ``library()`` returns None
 when there is no compiler, the build fails, or ``BSRNN_TRAIN_KERNEL=torch``: callers then use
 their torch implementation (same results, dense cost).
 """
@@ -11,17 +10,15 @@ their torch implementation (same results, dense cost).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
+from .. import native
+
 SOURCE_PATH = Path(__file__).with_name("csrc") / "bsr_train.cpp"
-BASE_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=gnu++17", "-ffp-contract=fast"]
+BASE_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-std=gnu++17", "-ffp-contract=fast"]  # compiling; bsrnn.native links
 FLAG_SETS = (["-march=native", *BASE_FLAGS], BASE_FLAGS)  # the second one where -march=native is refused
 ABI = 5  # bump with any change of the entry points' signatures (bsr_train_abi() in the source)
 
@@ -36,24 +33,6 @@ SIGNATURES = {
 }
 
 
-def _cpu_id() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        return platform.processor()
-
-
-def _compile(cxx: str, source: str, flags: list[str], so: Path) -> None:
-    so.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
-        src = Path(tmp) / "bsr_train.cpp"
-        src.write_text(source)
-        subprocess.run([cxx, *flags, str(src), "-o", str(Path(tmp) / "k.so")], check=True, capture_output=True,
-                       timeout=900)
-        os.replace(Path(tmp) / "k.so", so)
-
-
 def _load(so: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(so))
     if lib.bsr_train_abi() != ABI:
@@ -66,24 +45,17 @@ def _load(so: Path) -> ctypes.CDLL:
 
 
 def _build() -> ctypes.CDLL | None:
-    if os.environ.get("BSRNN_TRAIN_KERNEL", "").lower() == "torch":
-        return None
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
+    if os.environ.get("BSRNN_TRAIN_KERNEL", "").lower() == "torch" or not native.compiler():
         return None
     source = SOURCE_PATH.read_text()
-    cache = Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
     errors = []
     for flags in FLAG_SETS:
-        key = hashlib.sha256("\n".join([source, cxx, " ".join(flags), _cpu_id()]).encode()).hexdigest()[:16]
-        so = cache / f"bsr_train_{key}.so"
         try:
-            if not so.exists():
-                _compile(cxx, source, flags, so)
-            return _load(so)
+            return _load(native.build_library("bsr_train", source, flags))
         except (OSError, subprocess.SubprocessError) as e:
-            detail = getattr(e, "stderr", b"") or b""
-            errors.append(f"{' '.join(flags)}: {e} {detail.decode(errors='replace')[-400:]}")
+            detail = getattr(e, "stderr", "") or ""
+            detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+            errors.append(f"{' '.join(flags)}: {e} {detail[-400:]}")
     warnings.warn("bsrnn: building the C++ block-sparse training kernels failed; training runs the torch "
                   "implementation (same results, dense cost): " + " | ".join(errors))
     return None

@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from ... import native
 from ..export import BsrMatrix
 from .base import Kernel, register
 
@@ -50,7 +47,7 @@ CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c
 # Linking is a separate step without -ffast-math: given it, GCC links crtfastmath.o into the
 # library, whose constructor turns on flush-to-zero and denormals-are-zero for the whole process
 # the moment the library loads — every later numpy and torch result with a subnormal would change.
-LINK_FLAGS = ["-shared", "-fopenmp"]
+LINK_FLAGS = native.LINK_FLAGS
 SPECIALISED = {(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)}  # the CASE list in the source
 VEC_MAX_BATCH = 8  # below this batch the vec path (transposed x) beats register-blocked bfma (measured: at
 # B = 8 bfma is 1.2–2.2× faster for 8×8…32×32 blocks and even for 4×4, its per-row reductions no longer pay)
@@ -262,50 +259,20 @@ def source() -> str:
     return resources.files(__package__).joinpath(SOURCE_FILE).read_text()
 
 
-def _cpu_id() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "".join(l for l in f if l.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        return platform.processor()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BSRNN_CACHE", Path.home() / ".cache" / "bsrnn"))
-
-
-def compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+cache_dir, compiler = native.cache_dir, native.compiler
 
 
 def library_path(src: str, cache: Path, cxx: str) -> Path:
     """Where the library built from ``src`` lives: named by a hash of everything the build reads."""
-    key = hashlib.sha256("\n".join([src, cxx, " ".join(CXX_FLAGS), " ".join(LINK_FLAGS), _cpu_id()]).encode())
-    key = key.hexdigest()[:16]
-    return Path(cache) / f"bsr_cpu_{key}.so"
+    return native.library_path("bsr_cpu", src, cache, cxx, CXX_FLAGS, LINK_FLAGS)
 
 
 def build(src: str | None = None, cache: Path | None = None, cxx: str | None = None) -> Path:
     """The shared library of ``src`` (default: the packaged ``bsr_cpu.cpp``), compiled unless the
-    cache already holds it. Raises ``OSError``/``subprocess.SubprocessError`` when the build fails."""
-    src = source() if src is None else src
-    cache = cache_dir() if cache is None else Path(cache)
-    cxx = cxx or compiler()
-    if not cxx:
-        raise FileNotFoundError("no C++ compiler: set $CXX or install g++")
-    so = library_path(src, cache, cxx)
-    if so.exists():
-        return so
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        # compile the text that was hashed, not the package file, which may change meanwhile
-        cpp = Path(tmp) / SOURCE_FILE
-        cpp.write_text(src)
-        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
-        for cmd in ([cxx, *CXX_FLAGS, "-c", str(cpp), "-o", str(obj)], [cxx, *LINK_FLAGS, str(obj), "-o", str(lib)]):
-            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-        os.replace(lib, so)
-    return so
+    cache already holds it (``bsrnn.native``). Raises ``OSError``/``subprocess.SubprocessError``
+    when the build fails."""
+    return native.build_library("bsr_cpu", source() if src is None else src, CXX_FLAGS, link_flags=LINK_FLAGS,
+                                cache=cache, cxx=cxx, timeout=600)
 
 
 @functools.cache
