@@ -61,54 +61,60 @@ class GRUScan(torch.autograd.Function):
         hid = h3 // 3
         low = mm_dtype is not None and mm_dtype != gi.dtype  # products in bf16, state in fp32
         u_mm = u.to(mm_dtype) if low else u
+        # b_hh's r and z parts add to gi's before the sigmoid: fold them in once, outside the loop
+        # (a broadcast bias add per step costs more than the step's product at these sizes)
+        gi = torch.cat([gi[..., : 2 * hid] + b_hh[..., : 2 * hid], gi[..., 2 * hid:]], -1)
+        b_n = b_hh[..., 2 * hid:]  # (D, 1, H): inside r ⊙ (W_hn h + b_hn)
         hs = gi.new_empty(t_max + 1, d, n, hid)  # hs[t] is the state before step t
         hs[0].zero_()
         rz = gi.new_empty(t_max, d, n, 2 * hid)
         ns = gi.new_empty(t_max, d, n, hid)
-        ghs = gi.new_empty(t_max, d, n, h3)
+        ghn = gi.new_empty(t_max, d, n, hid)  # W_hn h + b_hn, for the backward pass
         for t in range(t_max):
-            if low:
-                gh = torch.add(torch.bmm(hs[t].to(mm_dtype), u_mm), b_hh, out=ghs[t])  # (D, N, 3H), fp32
-            else:
-                gh = torch.baddbmm(b_hh, hs[t], u, out=ghs[t])  # (D, N, 3H)
+            gh = torch.bmm(hs[t].to(mm_dtype) if low else hs[t], u_mm)  # (D, N, 3H), bf16 when low
             torch.add(gi[t, ..., : 2 * hid], gh[..., : 2 * hid], out=rz[t]).sigmoid_()
-            torch.addcmul(gi[t, ..., 2 * hid:], rz[t, ..., :hid], gh[..., 2 * hid:], out=ns[t]).tanh_()
+            torch.add(gh[..., 2 * hid:], b_n, out=ghn[t])
+            torch.addcmul(gi[t, ..., 2 * hid:], rz[t, ..., :hid], ghn[t], out=ns[t]).tanh_()
             torch.lerp(ns[t], hs[t], rz[t, ..., hid:], out=hs[t + 1])  # n + z (h - n)
-        ctx.save_for_backward(u_mm, hs, rz, ns, ghs)
+        ctx.save_for_backward(u_mm, hs, rz, ns, ghn)
         ctx.mm_dtype = mm_dtype if low else None
         ctx.u_dtype = u.dtype
         return hs[1:]
 
     @staticmethod
     def backward(ctx, dhs: torch.Tensor):
-        u, hs, rz, ns, ghs = ctx.saved_tensors
+        u, hs, rz, ns, ghn = ctx.saved_tensors
         mm = ctx.mm_dtype  # None: every product in the state's dtype
+        dhs = dhs.contiguous()  # the output was permuted by the caller: strided steps are slow below
         t_max, d, n, hid = dhs.shape
         r, z = rz[..., :hid], rz[..., hid:]
-        dn_pre = (1 - z) * (1 - ns * ns)  # ∂(gi_n pre-activation)/∂h_t
-        # ∂ pre-activations (r, z, n) / ∂h_t, for gi and (n-part times r) for gh: (T, D, N, 3, H)
-        coef = torch.stack([dn_pre * ghs[..., 2 * hid:] * r * (1 - r), (hs[:-1] - ns) * z * (1 - z), dn_pre], 3)
-        coef_h = coef.clone()
-        coef_h[..., 2, :] *= r
-        dgi = dhs.new_empty(t_max, d, n, 3, hid)
+        dn_pre = (1 - z) * (1 - ns * ns)  # ∂h_t/∂(n pre-activation)
+        # ∂h_t/∂(gh pre-activations r, z, n) per step: (T, D, N, 3, H). For r and z the same factor is
+        # ∂h_t/∂gi; for n, ∂gi_n = dn_pre and ∂gh_n = dn_pre ⊙ r.
+        coef_h = torch.stack([dn_pre * ghn * r * (1 - r), (hs[:-1] - ns) * z * (1 - z), dn_pre * r], 3)
         dgh = dhs.new_empty(t_max, d, n, 3, hid)
+        dh_all = dhs.new_empty(t_max, d, n, hid)  # ∂L/∂h_t, all of it, per step
         u_t = u.transpose(1, 2)  # (D, 3H, H)
-        dh = dhs.new_zeros(d, n, hid)
+        carry = dhs.new_zeros(d, n, hid)  # ∂L/∂h_t through h_{t+1}
         for t in range(t_max - 1, -1, -1):
-            dh = dh + dhs[t]
-            torch.mul(dh.unsqueeze(2), coef[t], out=dgi[t])
-            torch.mul(dh.unsqueeze(2), coef_h[t], out=dgh[t])
+            dh = torch.add(carry, dhs[t], out=dh_all[t])
+            torch.mul(coef_h[t], dh.unsqueeze(2), out=dgh[t])
+            g = dgh[t].view(d, n, 3 * hid)
             if mm is None:
-                dh = torch.baddbmm(dh * z[t], dgh[t].view(d, n, 3 * hid), u_t)
+                carry = torch.baddbmm(dh * z[t], g, u_t)
             else:
-                dh = torch.addcmul(torch.bmm(dgh[t].view(d, n, 3 * hid).to(mm), u_t).float(), dh, z[t])
+                carry = torch.addcmul(torch.bmm(g.to(mm), u_t), dh, z[t])  # bf16 product, fp32 sum
+        dgi = dgh.clone()
+        torch.mul(dh_all, dn_pre, out=dgi[..., 2, :])
         dgh = dgh.view(t_max, d, n, 3 * hid)
-        hs_t = hs[:-1].permute(1, 3, 0, 2).reshape(d, hid, t_max * n)
-        dgh_t = dgh.permute(1, 0, 2, 3).reshape(d, t_max * n, 3 * hid)
+        # du[d] = Σ_t h_tᵀ dgh_t: both as (D, T·N, ·) (a copy of contiguous (N, ·) slabs) and one bmm
+        hs_d = hs[:-1].transpose(0, 1).reshape(d, t_max * n, hid)
+        dgh_d = dgh.transpose(0, 1).reshape(d, t_max * n, 3 * hid)
         if mm is not None:  # one large product over all time steps: bf16 in, fp32 out
-            hs_t, dgh_t = hs_t.to(mm), dgh_t.to(mm)
-        du = torch.bmm(hs_t, dgh_t).to(ctx.u_dtype)
-        return dgi.view(t_max, d, n, 3 * hid), du, dgh.sum((0, 2))[:, None, :], None
+            hs_d, dgh_d = hs_d.to(mm), dgh_d.to(mm)
+        du = torch.bmm(hs_d.transpose(1, 2), dgh_d).to(ctx.u_dtype)
+        db = dgh.sum(0).sum(1)  # (D, 3H); sum((0, 2)) in one call is ~50x slower on CPUs
+        return dgi.view(t_max, d, n, 3 * hid), du, db[:, None, :], None
 
 
 def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
