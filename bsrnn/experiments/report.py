@@ -42,6 +42,7 @@ PAPER = {
 }
 TITLES = {"table1": "Table 1 — block sparsity (4×4)", "table2": "Table 2 — group lasso vs GLP (4×4)",
           "table3": "Table 3 — block size (BP, the paper's heuristic schedule)",
+          "table3_target": "Table 3 at equal sparsity — block size (BP, target mode, 90 %)",
           "reductions": "Beyond the paper — block scores (BP 4×4, target 90 %)",
           "sweep": "Accuracy vs sparsity (BP 4×4, target mode)"}
 
@@ -74,27 +75,84 @@ def load_run(runs: Path, scale: Scale, run: Run, saved: Path | None = None) -> d
     return rep
 
 
-def _dense_cer(results: dict, run: Run, scale: Scale) -> float | None:
-    base = results.get(Run(run.family, scale.widths[run.family][0]).name)
-    return base["cer"] if base else None
+def plateau(dev_cer: list[float], fraction: float = 0.2) -> float | None:
+    """Relative dev-CER improvement over the last ``fraction`` of training, from the per-epoch curve
+    (``dev_cer[i]`` after epoch ``i + 1``, linearly interpolated): (CER then − CER at the end) / CER
+    then. None with fewer than two points."""
+    if len(dev_cer) < 2:
+        return None
+    n = len(dev_cer)
+    x = max(1.0, (1 - fraction) * n)  # in epochs
+    i = min(int(x), n - 1)  # dev_cer[i - 1] is at epoch i
+    lo, hi = dev_cer[i - 1], dev_cer[min(i, n - 1)]
+    then = lo + (hi - lo) * (x - i)
+    return (then - dev_cer[-1]) / then if then else 0.0
 
 
-def table_md(key: str, rows: list[tuple[str, Run]], results: dict, scale: Scale) -> str:
-    second = "Block Size" if key == "table3" else ("Score" if key == "reductions" else "Algorithm")
-    lines = [f"| Model | {second} | # Params (millions) | Sparsity | CER | Relative Perf |", "|---|---|---|---|---|---|"]
-    for label, run in rows:
-        r = results.get(run.name)
-        col = (f"{run.block[0]}×{run.block[1]}" if key == "table3" else run.how if key == "reductions"
+def row_stats(runs: tuple[Run, ...], results: dict) -> dict | None:
+    """Mean and range over a row's finished seeds: CER, sparsity, nonzero parameters."""
+    done = [results[r.name] for r in runs if r.name in results]
+    if not done:
+        return None
+    cers = [d["cer"] for d in done]
+    mean = lambda k: sum(d[k] for d in done) / len(done)  # noqa: E731
+    return {"n": len(done), "of": len(runs), "cer": sum(cers) / len(cers), "cer_min": min(cers), "cer_max": max(cers),
+            "spread": max(cers) - min(cers), "cers": cers, "sparsity": mean("sparsity"),
+            "nonzero_params": mean("nonzero_params"), "params": mean("params"),
+            "layer_sparsity": sum(d["sparsity_layers"]["layer_sparsity"] for d in done) / len(done)
+            if all("sparsity_layers" in d for d in done) else None}
+
+
+def _dense_row(t: dict, run: Run, scale: Scale) -> tuple[Run, ...]:
+    w = scale.widths[run.family][0]
+    return next(runs for _, runs in t["table1"] if runs[0].family == run.family and runs[0].method == "none"
+                and runs[0].width == w)
+
+
+def _cer_text(st: dict) -> str:
+    flag = " (did not learn)" if st["cer"] >= BLANK_CER else ""
+    if st["n"] == 1:
+        return f"{st['cer']:.2f}{flag}" + (f" (1 of {st['of']} seeds)" if st["of"] > 1 else "")
+    return f"{st['cer']:.2f} ({st['cer_min']:.2f}–{st['cer_max']:.2f}, {st['n']} seeds){flag}"
+
+
+def table_md(key: str, rows: list, results: dict, scale: Scale, t: dict | None = None) -> str:
+    t = t or tables(scale)
+    second = "Block Size" if key.startswith("table3") else ("Score" if key == "reductions" else "Algorithm")
+    lines = [f"| Model | {second} | # Params (millions) | Sparsity | CER (mean, range over seeds) | Relative Perf |",
+             "|---|---|---|---|---|---|"]
+    for label, runs in rows:
+        run = runs[0]
+        st = row_stats(runs, results)
+        col = (f"{run.block[0]}×{run.block[1]}" if key.startswith("table3") else run.how if key == "reductions"
                else "N/A" if run.method == "none" else run.method.upper())
-        if r is None:
+        if st is None:
             lines.append(f"| {label} | {col} | — | — | (not run) | — |")
             continue
-        dense = _dense_cer(results, run, scale)
-        rel = f"{100 * (dense - r['cer']) / dense:.1f}%" if dense else "—"
-        flag = " (did not learn)" if r["cer"] >= BLANK_CER else ""
-        lines.append(f"| {label} | {col} | {r['nonzero_params'] / 1e6:.3f} | {100 * r['sparsity']:.1f}% | "
-                     f"{r['cer']:.2f}{flag} | {rel} |")
+        dense = row_stats(_dense_row(t, run, scale), results)
+        rel = f"{100 * (dense['cer'] - st['cer']) / dense['cer']:.1f}%" if dense else "—"
+        lines.append(f"| {label} | {col} | {st['nonzero_params'] / 1e6:.3f} | {100 * st['sparsity']:.1f}% | "
+                     f"{_cer_text(st)} | {rel} |")
     return "\n".join(lines)
+
+
+def plateau_md(t: dict, results: dict, scale: Scale) -> tuple[str, dict]:
+    """Each dense run's dev-CER improvement over its last fifth of training: converged or not."""
+    lines = [f"| Run | dev CER per epoch | last {100 * scale.plateau_fraction:.0f} %: improvement | plateau "
+             f"(< {100 * scale.plateau_tol:.0f} %) |", "|---|---|---|---|"]
+    out = {}
+    for _, runs in t["table1"]:
+        for run in runs:
+            r = results.get(run.name)
+            if run.method != "none" or r is None:
+                continue
+            curve = r.get("history", {}).get("dev_cer", [])
+            imp = plateau(curve, scale.plateau_fraction)
+            ok = imp is not None and imp < scale.plateau_tol
+            out[run.name] = {"improvement_last_fraction": imp, "fraction": scale.plateau_fraction, "plateau": ok}
+            lines.append(f"| {run.name} | {' '.join(f'{c:.1f}' for c in curve)} | "
+                         f"{'—' if imp is None else f'{100 * imp:.1f} %'} | {'yes' if ok else 'no'} |")
+    return "\n".join(lines), out
 
 
 def paper_md(key: str) -> str:
@@ -103,64 +161,138 @@ def paper_md(key: str) -> str:
     return "\n".join(lines)
 
 
-def _verdict(held: list[bool]) -> str:
-    if not held:
+def compare(better: dict | None, worse: dict | None) -> str:
+    """Whether ``better`` has the lower CER beyond the seeds' spread: "yes" when the two seed
+    ranges do not overlap in that direction, "no" when they do not overlap the other way,
+    "within noise" when they overlap; with one seed on both sides the means decide ("yes (1 seed)")."""
+    if better is None or worse is None:
+        return "missing"
+    if better["n"] == 1 and worse["n"] == 1:
+        return "yes (1 seed)" if better["cer"] < worse["cer"] else "no (1 seed)"
+    if better["cer_max"] < worse["cer_min"]:
+        return "yes"
+    if better["cer_min"] > worse["cer_max"]:
+        return "no"
+    return "within noise"
+
+
+def _verdict(outcomes: list[str]) -> str:
+    outcomes = [o for o in outcomes if o != "missing"]
+    if not outcomes:
         return "unclear (runs missing)"
-    return "holds" if all(held) else "does not hold" if not any(held) else "partly holds"
+    yes = [o.startswith("yes") for o in outcomes]
+    no = [o.startswith("no") for o in outcomes]
+    if all(yes):
+        return "holds"
+    if all(no):
+        return "does not hold"
+    if not any(yes) and not any(no):
+        return f"unclear ({', '.join(sorted(set(outcomes)))})"
+    return "partly holds"
 
 
-def claims(t: dict, results: dict, scale: Scale) -> list[str]:
-    """One line per claim of the issue: holds / does not hold / unclear, with the evidence."""
-    get = lambda run: results.get(run.name)  # noqa: E731
+def _st(t: dict, key: str, pred, results: dict) -> dict | None:
+    row = next((runs for _, runs in t[key] if pred(runs[0])), None)
+    return row_stats(row, results) if row else None
+
+
+def claims(t: dict, results: dict, scale: Scale) -> list[dict]:
+    """Each claim: its verdict and the numbers behind it. A comparison counts only where the gap
+    exceeds the spread over seeds (``compare``)."""
     out = []
-    # (1) BP at 80–90 % costs a modest CER loss against the dense model of the same width.
-    pairs = [(get(Run(f, scale.widths[f][0])), get(Run(f, scale.widths[f][0], "bp"))) for f in ("rnn", "gru")]
-    ev = [f"{b['spec']['rnn_type'].upper()}: dense {d['cer']:.1f} → BP {b['cer']:.1f} at {100 * b['sparsity']:.0f}% "
-          f"({100 * (d['cer'] - b['cer']) / d['cer']:+.0f}%)" for d, b in pairs if d and b]
-    rel = [(d["cer"] - b["cer"]) / d["cer"] for d, b in pairs if d and b]
-    verdict = "unclear (runs missing)" if not rel else "holds" if all(r > -0.25 for r in rel) else \
-        "does not hold" if all(r < -0.40 for r in rel) else "partly holds"
-    out.append(f"1. **BP at 80–90 % costs a modest loss (paper: −16.7 % RNN, −8.8 % GRU)** — {verdict}: {'; '.join(ev)}.")
+    # (1) BP at 80–90 % costs a modest CER loss against the dense model of the same width: within
+    # 25 % relative (the paper's own gaps: −16.7 % RNN, −8.8 % GRU GLP); above 40 % it fails.
+    ev, outcomes, nums = [], [], {}
+    for f in ("rnn", "gru"):
+        w = scale.widths[f][0]
+        d = _st(t, "table1", lambda r: r.family == f and r.method == "none" and r.width == w, results)
+        b = _st(t, "table1", lambda r: r.family == f and r.method == "bp" and r.width == w, results)
+        if not (d and b):
+            outcomes.append("missing")
+            continue
+        rel = (d["cer"] - b["cer"]) / d["cer"]
+        worst = (d["cer_min"] - b["cer_max"]) / d["cer_min"]  # the least favourable pair of seeds
+        best = (d["cer_max"] - b["cer_min"]) / d["cer_max"]
+        if d["cer"] >= BLANK_CER:  # a dense model that never learned is no baseline
+            outcomes.append("dense did not learn")
+        else:
+            outcomes.append("no" if b["cer"] >= BLANK_CER else "yes" if worst > -0.25 else "no" if best < -0.25
+                            else "within noise")
+        nums[f] = {"dense_cer": d["cer"], "bp_cer": b["cer"], "relative": rel, "relative_range": [worst, best],
+                   "sparsity": b["sparsity"], "seeds": [d["n"], b["n"]]}
+        ev.append(f"{f.upper()}: dense {d['cer']:.1f} → BP {b['cer']:.1f} at {100 * b['sparsity']:.0f}% "
+                  f"({100 * rel:+.0f}%, seed range {100 * worst:+.0f}% to {100 * best:+.0f}%)")
+    out.append({"claim": 1, "text": "BP at 80–90 % costs a modest loss (within 25 % relative; paper: −16.7 % RNN, "
+                "−8.8 % GRU)", "verdict": _verdict(outcomes), "evidence": ev, "numbers": nums})
     # (2) A wider sparse model with no more parameters than the small dense one beats it.
-    ev, wins = [], []
+    ev, outcomes, nums = [], [], {}
     for f in ("rnn", "gru"):
         w, wide = scale.widths[f]
-        small = [r for label, r in t["table1"] if r.family == f and r.method == "none" and r.width != w]
-        sd = get(small[0]) if small else None
+        sd = _st(t, "table1", lambda r: r.family == f and r.method == "none" and r.width != w, results)
+        small_w = next(runs[0].width for _, runs in t["table1"] if runs[0].family == f and runs[0].method == "none"
+                       and runs[0].width != w)
         for m in ("bp", "glp"):
-            sp = get(Run(f, wide, m))
-            if sd and sp:
-                wins.append(sp["cer"] < sd["cer"] and sp["nonzero_params"] <= 1.15 * sd["nonzero_params"])
-                ev.append(f"{f.upper()} {m.upper()} {wide}: {sp['cer']:.1f} with {sp['nonzero_params'] / 1e3:.0f}k "
-                          f"vs dense {small[0].width}: {sd['cer']:.1f} with {sd['nonzero_params'] / 1e3:.0f}k"
-                          + (" (the small dense model never left the all-blank phase: weak evidence)"
-                             if sd["cer"] >= BLANK_CER else ""))
-    verdict = _verdict(wins)
-    out.append(f"2. **A wider sparse model beats the small dense model of equal size** — {verdict}: {'; '.join(ev)}.")
+            sp = _st(t, "table1", lambda r: r.family == f and r.method == m and r.width == wide, results)
+            if not (sd and sp):
+                outcomes.append("missing")
+                continue
+            o = compare(sp, sd) if sp["nonzero_params"] <= 1.15 * sd["nonzero_params"] else "no (more parameters)"
+            outcomes.append(o)
+            nums[f"{f}_{m}"] = {"sparse_cer": sp["cer"], "sparse_nonzero": sp["nonzero_params"], "dense_cer": sd["cer"],
+                                "dense_params": sd["nonzero_params"], "outcome": o}
+            ev.append(f"{f.upper()} {m.upper()} {wide}: {sp['cer']:.1f} with {sp['nonzero_params'] / 1e3:.0f}k vs dense "
+                      f"{small_w}: {sd['cer']:.1f} with {sd['nonzero_params'] / 1e3:.0f}k ({o})")
+    out.append({"claim": 2, "text": "A wider sparse model beats the small dense model of equal size",
+                "verdict": _verdict(outcomes), "evidence": ev, "numbers": nums})
     # (3) GLP beats GL at similar sparsity.
-    ev, wins = [], []
+    ev, outcomes, nums = [], [], {}
     for width in scale.widths["rnn"]:
-        gl, glp = get(Run("rnn", width, "gl", target=None)), get(Run("rnn", width, "glp"))
-        if gl and glp:
-            wins.append(glp["cer"] < gl["cer"])
-            ev.append(f"RNN {width}: GL {gl['cer']:.1f} at {100 * gl['sparsity']:.0f}% vs GLP {glp['cer']:.1f} at "
-                      f"{100 * glp['sparsity']:.0f}%")
-    verdict = _verdict(wins)
-    out.append(f"3. **GLP beats GL** — {verdict}: {'; '.join(ev)}.")
-    # (4) Smaller blocks reach higher sparsity at similar accuracy (heuristic schedule).
-    ev, ok = [], []
+        gl = _st(t, "table2", lambda r: r.width == width and r.method == "gl", results)
+        glp = _st(t, "table2", lambda r: r.width == width and r.method == "glp", results)
+        if not (gl and glp):
+            outcomes.append("missing")
+            continue
+        o = compare(glp, gl)
+        outcomes.append(o)
+        nums[f"rnn{width}"] = {"gl_cer": gl["cer"], "gl_sparsity": gl["sparsity"], "glp_cer": glp["cer"],
+                               "glp_sparsity": glp["sparsity"], "outcome": o}
+        ev.append(f"RNN {width}: GL {gl['cer']:.1f} at {100 * gl['sparsity']:.0f}% vs GLP {glp['cer']:.1f} at "
+                  f"{100 * glp['sparsity']:.0f}% ({o})")
+    out.append({"claim": 3, "text": "GLP beats GL", "verdict": _verdict(outcomes), "evidence": ev, "numbers": nums})
+    # (4) Smaller blocks reach higher sparsity (heuristic schedule), and at equal sparsity (target
+    # mode) cost less accuracy. Table 3 has one seed per row: a CER difference counts only where it
+    # exceeds the seed spread of the same family's BP 4×4 row in Table 1 (same recipe).
+    ev, outcomes, nums = [], [], {}
     for f in ("rnn", "gru"):
-        rows = [(r.block, get(r)) for _, r in t["table3"] if r.family == f and get(r)]
-        if len(rows) >= 2:
-            rows.sort(key=lambda x: x[0][0] * x[0][1])
-            sp = [x[1]["sparsity"] for x in rows]
-            cers = [x[1]["cer"] for x in rows]
-            ok.append(sp[0] > sp[-1])
-            ev.append(f"{f.upper()}: " + ", ".join(f"{b[0]}×{b[1]} {100 * r['sparsity']:.0f}%/{r['cer']:.1f}" for b, r in rows)
-                      + f" (CER spread {max(cers) - min(cers):.1f} points)")
-    verdict = _verdict(ok)
-    out.append(f"4. **Smaller blocks reach higher sparsity** (sparsity/CER per block) — {verdict}: {'; '.join(ev)}.")
+        bp = _st(t, "table1", lambda r: r.family == f and r.method == "bp" and r.width == scale.widths[f][0], results)
+        noise = bp["spread"] if bp and bp["n"] > 1 else 0.0
+        for key in ("table3", "table3_target"):
+            rows = [(runs[0].block, results.get(runs[0].name)) for _, runs in t[key] if runs[0].family == f]
+            rows = sorted([(b, r) for b, r in rows if r], key=lambda x: x[0][0] * x[0][1])
+            if len(rows) < 2:
+                outcomes.append("missing")
+                continue
+            (b0, r0), (b1, r1) = rows[0], rows[-1]
+            if key == "table3":
+                o = "yes" if r0["sparsity"] > r1["sparsity"] else "no"
+                what = "sparsity"
+            else:
+                gap = r1["cer"] - r0["cer"]
+                o = "yes" if gap > noise else "no" if -gap > noise else "within noise"
+                what = f"CER at equal sparsity (noise: BP 4×4 seed spread {noise:.1f} points)"
+            outcomes.append(o)
+            nums[f"{f}_{key}"] = {"rows": {f"{b[0]}x{b[1]}": {"sparsity": r["sparsity"], "cer": r["cer"]} for b, r in rows},
+                                  "noise": noise, "outcome": o}
+            ev.append(f"{f.upper()} {'heuristic' if key == 'table3' else 'target 90 %'}: " + ", ".join(
+                f"{b[0]}×{b[1]} {100 * r['sparsity']:.0f}%/{r['cer']:.1f}" for b, r in rows) + f" — {what}: {o}")
+    out.append({"claim": 4, "text": "Smaller blocks reach higher sparsity, and lose less at equal sparsity",
+                "verdict": _verdict(outcomes), "evidence": ev, "numbers": nums})
     return out
+
+
+def claims_md(cl: list[dict]) -> list[str]:
+    return [f"{c['claim']}. **{c['text']}** — {c['verdict']}: {'; '.join(c['evidence']) or 'no finished runs'}."
+            for c in cl]
 
 
 def _pyplot():
@@ -174,8 +306,8 @@ def _pyplot():
 def figures(t: dict, results: dict, scale: Scale, out: Path) -> list[str]:
     plt = _pyplot()
     made = []
-    bp = next((results.get(r.name) for _, r in t["table1"] if r.family == "rnn" and r.method == "bp"
-               and r.width == scale.widths["rnn"][0]), None)
+    bp = next((results.get(runs[0].name) for _, runs in t["table1"] if runs[0].family == "rnn"
+               and runs[0].method == "bp" and runs[0].width == scale.widths["rnn"][0]), None)
     if bp and bp["layer_history"]:
         names = [n for n in bp["layer_history"] if "weight_hh" in n] or list(bp["layer_history"])
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -185,10 +317,11 @@ def figures(t: dict, results: dict, scale: Scale, out: Path) -> list[str]:
         ax.set(xlabel="iteration", ylabel="block sparsity (%)", title="Pruning schedule (BSRNN Fig. 3)")
         ax.legend(fontsize=7)
         made.append(_save(fig, out / "fig_schedule.png"))
-    sweep = [(results.get(r.name), r) for _, r in t["sweep"]]
+    sweep = [(results.get(runs[0].name), runs[0]) for _, runs in t["sweep"]]
     sweep = [(r, run) for r, run in sweep if r]
+    dense_st = row_stats(_dense_row(t, sweep[0][1], scale), results) if sweep else None
     if sweep:
-        dense = _dense_cer(results, sweep[0][1], scale)
+        dense = dense_st["cer"] if dense_st else None
         fig, ax = plt.subplots(figsize=(5, 3.5))
         xs = [100 * r["sparsity_layers"]["layer_sparsity"] for r, _ in sweep]
         ys = [max(-75.0, 100 * (dense - r["cer"]) / dense) if dense else 0.0 for r, _ in sweep]
@@ -237,9 +370,10 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
     saved = out / "runs" / scale.name
     results = {}
     for rows in t.values():
-        for _, run in rows:
-            if run.name not in results:
-                results[run.name] = load_run(runs, scale, run, saved)
+        for _, row in rows:
+            for run in row:
+                if run.name not in results:
+                    results[run.name] = load_run(runs, scale, run, saved)
     missing = sorted(n for n, r in results.items() if r is None)
     results = {n: r for n, r in results.items() if r is not None}
     saved.mkdir(parents=True, exist_ok=True)
@@ -254,7 +388,9 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
           f"Command: `{command}`; wall time of this invocation {wall_seconds / 60:.1f} min "
           f"(runs trained earlier are not re-timed; each run's time is in runs/{scale.name}/<run>.json). "
           f"Report written on: {_machine()}, torch {torch.__version__}. Corpus: {scale.n_utts} synthetic utterances; "
-          f"CER on the `{SPLIT}` split (prompts never seen in training), one seed per row.", ""]
+          f"CER on the `{SPLIT}` split (prompts never seen in training); Tables 1 and 2 give the mean and "
+          f"range over {scale.seeds} seed(s) per row, the other tables one seed. A claim holds only where the gap "
+          f"exceeds the spread over seeds.", ""]
     any_run = next(iter(results.values()), None)
     if any_run:
         steps = any_run.get("steps", "?")
@@ -263,6 +399,7 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
                f"{scale.batch_size} ({steps} steps) per run; {scale.layers['rnn']} bidirectional layers; widths "
                f"W/wide {scale.widths['rnn']} (RNN) and {scale.widths['gru']} (GRU); conv front end with "
                f"{scale.conv_channels} channels; Adam, lr {scale.lr}; masks updated every {scale.freq} steps; "
+               f"lr × 0.5 from epoch {scale.decay[0] + 1} and every {scale.decay[1]} epochs after; "
                f"pruning window (start, ramp, end) as fractions of training {scale.prune_window}; GL λ "
                f"{scale.gl_lambda} (proximal), GLP λ {scale.glp_lambda}. Training time summed over the "
                f"{len(results)} runs (each run's last session): {train_s / 3600:.2f} h of {threads}-thread processes, "
@@ -270,17 +407,30 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
                f"≥ {BLANK_CER:.0f} % marks a model that never left CTC's all-blank phase.", ""]
     if missing:
         md += [f"**{len(missing)} of {len(missing) + len(results)} runs are not finished**: {', '.join(missing)}.", ""]
-    md += ["## Claims", ""] + claims(t, results, scale) + [""]
+    cl = claims(t, results, scale)
+    plateau_table, plateaus = plateau_md(t, results, scale)
+    md += ["## Claims", ""] + claims_md(cl) + [""]
+    md += ["## Dense baselines: trained to a plateau?", "",
+           f"Relative dev-CER improvement over the last {100 * scale.plateau_fraction:.0f} % of training; a run "
+           f"under {100 * scale.plateau_tol:.0f} % has reached its plateau.", "", plateau_table, ""]
     for key, rows in t.items():
-        md += [f"## {TITLES[key]}", "", table_md(key, rows, results, scale), ""]
+        md += [f"## {TITLES[key]}", "", table_md(key, rows, results, scale, t), ""]
         if key in PAPER:
             md += ["The paper:", "", paper_md(key), ""]
     md += ["## Figures", ""] + [f"![{m}]({m})" for m in made]
     md += [f"![{k}](../{k})" for k in kernels] + [""]
     write_text("\n".join(md), out / "REPORT.md")
-    summary = {"scale": scale.name, "command": command, "missing": missing, "figures": made,
-               "runs": {n: {k: r[k] for k in ("params", "nonzero_params", "sparsity", "cer", "algorithm", "block")}
-                        for n, r in results.items()}}
+    rows_out = {key: [{"label": label, "runs": [r.name for r in row], **(row_stats(row, results) or {"n": 0})}
+                      for label, row in rows] for key, rows in t.items()}
+    runs_out = {}
+    for n, r in results.items():
+        runs_out[n] = {k: r.get(k) for k in ("params", "nonzero_params", "sparsity", "cer", "algorithm", "block", "steps")}
+        runs_out[n]["dev_cer_per_epoch"] = r.get("history", {}).get("dev_cer", [])
+        imp = plateau(runs_out[n]["dev_cer_per_epoch"], scale.plateau_fraction)
+        runs_out[n]["plateau"] = {"improvement_last_fraction": imp, "fraction": scale.plateau_fraction,
+                                  "plateau": imp is not None and imp < scale.plateau_tol}
+    summary = {"scale": scale.name, "command": command, "missing": missing, "figures": made, "seeds": scale.seeds,
+               "claims": cl, "dense_plateau": plateaus, "tables": rows_out, "runs": runs_out}
     write_text(json.dumps(summary, indent=2), out / "results.json")
     print(f"wrote {out / 'REPORT.md'} ({len(results)} runs, {len(missing)} missing)")
     return summary

@@ -11,9 +11,27 @@ from bsrnn.experiments.grid import SCALES, Run, all_runs, matched_width, tables
 def test_grid_shares_runs_between_tables_and_matches_parameters():
     scale = SCALES["small"]
     t = tables(scale)
-    names = [r.name for rows in t.values() for _, r in rows]
+    names = [r.name for rows in t.values() for _, runs in rows for r in runs]
     assert len(all_runs(scale)) == len(set(names)) < len(names)  # shared rows are trained once
-    assert {r.block for _, r in t["table3"] if r.family == "rnn"} == {(1, 1), (4, 4), (12, 2), (8, 8), (16, 16), (32, 32)}
+    for key in ("table3", "table3_target"):  # twice: the heuristic schedule, and target mode at 90 %
+        assert {runs[0].block for _, runs in t[key] if runs[0].family == "rnn"} == {
+            (1, 1), (4, 4), (12, 2), (8, 8), (16, 16), (32, 32)}
+    assert {runs[0].target for _, runs in t["table3"]} == {None} and {runs[0].target for _, runs in t["table3_target"]} == {0.9}
+    # every Table 1-2 row has scale.seeds seeds, differing only by train.seed; the rest one
+    assert scale.seeds >= 2
+    for key, rows in t.items():
+        for _, runs in rows:
+            assert len(runs) == (scale.seeds if key in ("table1", "table2") else 1)
+            assert [r.seed for r in runs] == list(range(len(runs)))
+    assert "train.seed=1" in Run("gru", 128, "bp", seed=1).overrides(scale)
+    assert not any(s.startswith("train.seed") for s in Run("gru", 128, "bp").overrides(scale))
+    # the decisive rows first: all of Table 1's seed 0, then its seed 1
+    order = [r.name for r in all_runs(scale)]
+    t1 = [runs for _, runs in t["table1"]]
+    assert order[:len(t1)] == [runs[0].name for runs in t1]
+    assert order[len(t1):2 * len(t1)] == [runs[1].name for runs in t1]
+    # pruning ends by 40 % of training, as in the paper
+    assert all(end <= 0.4 for _, _, end in scale.prune_window.values())
     w = matched_width("gru", 128, 3)
     assert 8 <= w < 128
     sets = Run("gru", 128, "glp").overrides(scale)
@@ -74,3 +92,18 @@ def test_a_run_made_by_another_recipe_is_not_reported_or_reused(tmp_path):
     (out / "grid.json").unlink()
     (out / "config.json").write_text(json.dumps({"sparsity": {"method": "bp", "start": 0.9}}))
     assert not recipe_matches(out, run, scale) and not (out / "grid.json").exists()
+
+
+def test_plateau_measure_and_seed_comparisons():
+    from bsrnn.experiments.report import compare, plateau
+    # improvement over the last fifth of a 10-epoch curve: from epoch 8 to epoch 10
+    assert plateau([90, 50, 40, 35, 32, 30, 29, 28.0, 27.5, 27.0]) == pytest.approx((28 - 27) / 28)
+    # interpolated between epochs when the fifth does not fall on one: 5 epochs -> from epoch 4
+    assert plateau([80, 40, 30, 25, 24]) == pytest.approx(1 / 25)
+    assert plateau([50.0]) is None
+    st = lambda *c: {"n": len(c), "cer": sum(c) / len(c), "cer_min": min(c), "cer_max": max(c)}  # noqa: E731
+    assert compare(st(20, 21), st(22, 23)) == "yes"
+    assert compare(st(24, 25), st(22, 23)) == "no"
+    assert compare(st(20, 23), st(22, 24)) == "within noise"  # ranges overlap: no verdict
+    assert compare(st(20), st(22)) == "yes (1 seed)"
+    assert compare(None, st(22)) == "missing"
