@@ -12,7 +12,7 @@ __all__ = ["register"]
 
 def _main_job(args: argparse.Namespace) -> int:
     run_main_job(corpus=args.corpus, runs=args.runs, out=args.out, overrides=args.set or [],
-                 fresh=args.fresh, parallel=not args.sequential)
+                 fresh=args.fresh, parallel=not args.sequential, small=not args.no_small)
     return 0
 
 
@@ -26,10 +26,12 @@ def register(subparsers) -> None:
     p.add_argument("--runs", default="runs/main", help="run directories go here (default %(default)s)")
     p.add_argument("--out", default="benchmarks/main", help="results.{json,md} go here (default %(default)s)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="overrides applied to both runs, e.g. train.epochs=1")
+                   help="overrides applied to every run, e.g. train.epochs=1")
     p.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
     p.add_argument("--sequential", action="store_true",
                    help="train the two models one after the other with train.threads each "
                         "(default: both at once, 1 thread each, same throughput on 2 cores)")
+    p.add_argument("--no-small", action="store_true",
+                   help="skip the third model: a dense one with as many parameters as the sparse one has nonzeros")
     p.set_defaults(func=_main_job)
     _register_reproduce(subparsers)

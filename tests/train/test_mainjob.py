@@ -18,3 +18,25 @@ def test_table_has_the_papers_columns_and_relative_performance():
     assert lines[2] == "| GRU Dense 128×3 | N/A | 1.000 | 0.0% | 30.00 | 0.0% |"
     # Relative Perf = (CER_dense - CER) / CER_dense: 6 points worse on 30 is -20 %.
     assert lines[3] == "| GRU Sparse 128×3 | BP | 0.150 | 85.0% | 36.00 | -20.0% |"
+
+
+def test_main_jobs_add_real_speech_and_the_small_dense_model(tmp_path):
+    from bsrnn.experiments.grid import dense_params
+    from bsrnn.experiments.mainjob import _split_name, bp_model, build_jobs, small_width
+
+    real = tmp_path / "real" / "pocketsphinx.jsonl"
+    jobs, made = build_jobs(tmp_path / "corpus", tmp_path / "runs", ["train.epochs=1"], real=real)
+    assert [j.name for j in jobs] == ["main_dense", "main_bp", "main_small"] and len(made) == 3
+    for j in jobs:  # real speech is evaluated, but is not part of any run's recipe
+        assert any(w.startswith("data.test=") and str(real) in w for w in j.where)
+        assert "train.epochs=1" in j.overrides
+    w = small_width()
+    assert jobs[2].overrides[-1] == f"model.hidden={w}" and jobs[2].config.name == "main_dense.toml"
+    # as many parameters as the block-pruned model keeps: total - 90 % of the pruned matrices
+    spec, target = bp_model()
+    total, pruned = dense_params("gru", spec.hidden, spec.layers, spec.conv_channels)
+    goal = total - target * pruned
+    assert abs(dense_params("gru", w, spec.layers, spec.conv_channels)[0] - goal) < 0.1 * goal
+    jobs, made = build_jobs(tmp_path / "corpus", tmp_path / "runs", small=False)
+    assert [j.name for j in jobs] == ["main_dense", "main_bp"] and not any("data.test" in w for w in jobs[0].where)
+    assert _split_name(str(real)) == "pocketsphinx" and _split_name("test") == "test"
