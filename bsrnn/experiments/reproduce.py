@@ -18,7 +18,7 @@ from ..data.synth import synthesize
 from .grid import SCALES, Run, Scale, all_runs
 from .recipe import config_holds as _config_holds  # noqa: F401 (its name when it lived here)
 from .recipe import recipe_matches as _recipe_matches
-from .report import write_report
+from .report import load_run, write_report
 from .runner import Job, Result, run_jobs
 from .runner import train_command as _train_command
 
@@ -68,6 +68,16 @@ def reproduce(scale_name: str = "small", *, corpus: str | None = None, runs: str
         synthesize(corpus_dir, n_utts=scale.n_utts, workers=workers, progress=False, dev_size=dev, test_size=test,
                    unseen_voice_test_size=unseen)
         print(f"{len(grid)} runs at scale {scale.name}, {workers} at a time, {threads} thread(s) each")
+
+        # A run whose evidence an earlier report committed (benchmarks/reproduce/runs/<scale>/, made by
+        # this recipe) is done, also on a fresh checkout without the run directories: the grid is
+        # spread over several sittings, and each one's finished runs are committed with the report.
+        saved = Path(out) / "runs" / scale.name
+        committed = [r for r in grid if not (run_dir(runs_dir, scale, r) / "report.json").is_file()
+                     and load_run(runs_dir, scale, r, saved) is not None]
+        for r in committed:
+            print(f"  {r.name:<40} {'committed':<14} (evidence in {saved})", flush=True)
+        grid = [r for r in grid if r not in committed]
 
         def done(r: Result) -> None:
             print(f"  {r.name:<40} {r.status:<14} {r.seconds / 60:6.1f} min", flush=True)

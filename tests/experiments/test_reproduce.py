@@ -59,6 +59,10 @@ def test_tiny_reproduce_trains_skips_and_reports(tmp_path, capsys):
           "--report-only"])
     assert "| RNN Sparse 32 | BP |" in (tmp_path / "out" / "REPORT.md").read_text()
     assert (tmp_path / "out" / "fig_schedule.png").stat().st_size > 1000  # from the saved sparsity history
+    # a fresh checkout (no run directories) does not retrain runs whose evidence was committed
+    main(args)
+    out = capsys.readouterr().out
+    assert out.count("committed") == 2 and "trained" not in out
 
 
 def test_unknown_run_names_are_a_clear_error(tmp_path):
