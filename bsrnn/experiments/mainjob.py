@@ -31,6 +31,8 @@ from bsrnn.data.batching import SpeechDataset
 from bsrnn.data.importers import import_pocketsphinx_testdata
 from bsrnn.data.synth import synthesize
 
+from .grid import matched_width
+from .report import plateau
 from .runner import Job, run_jobs
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -58,8 +60,6 @@ def bp_model():
 def small_width() -> int:
     """The width of a dense model of main_bp's depth whose parameter count is closest to main_bp's
     nonzero count (every recurrent matrix at its target sparsity)."""
-    from bsrnn.experiments.grid import matched_width
-
     spec, target = bp_model()
     return matched_width("gru", spec.hidden, spec.layers, sparsity=target, conv_channels=spec.conv_channels)
 
@@ -74,6 +74,8 @@ def result_row(report: dict, label: str) -> dict:
             "cer": {_split_name(s): r["cer"] for s, r in report["splits"].items()},
             "wer": {_split_name(s): r["wer"] for s, r in report["splits"].items()},
             "dev_cer_per_epoch": report["history"]["dev_cer"], "sparsity_per_epoch": report["history"]["sparsity"],
+            # where the run stands: relative dev-CER improvement over its last fifth of training
+            "dev_improvement_last_fifth": plateau(report["history"]["dev_cer"], 0.2),
             "run_dir": report["run_dir"], "session_seconds": report["session_seconds"],
             "precision": report.get("precision", "fp32"), "peak_rss_mb": report.get("peak_rss_mb"),
             "allocator": report.get("allocator")}
@@ -156,7 +158,10 @@ def run_main_job(corpus: str = "data/corpus", runs: str = "runs/main", out: str 
     unseen = "\n".join(f"- {r['model']}: CER {r['cer'].get('test_unseen_voices', float('nan')):.2f} % on "
                        f"unseen voices, {r['cer'].get('dev', float('nan')):.2f} % on dev"
                        + (f", {r['cer'][REAL]:.2f} % on real speech (pocketsphinx-testdata, 10 recordings)"
-                          if REAL in r["cer"] else "") for r in rows)
+                          if REAL in r["cer"] else "")
+                       + (f"; dev CER per epoch {' '.join(f'{c:.1f}' for c in r['dev_cer_per_epoch'])} "
+                          f"({100 * r['dev_improvement_last_fifth']:.1f} % better over the last fifth of training)"
+                          if r.get("dev_improvement_last_fifth") is not None else "") for r in rows)
     md = (f"# Main job: dense vs 4×4 block-pruned GRU (BSRNN Table 2 format)\n\n"
           f"Command: `{command}` — {total / 60:.1f} min in total on this machine "
           f"(corpus {synth_seconds:.0f} s), torch {torch.__version__}, "
