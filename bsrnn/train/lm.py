@@ -41,6 +41,7 @@ from .checkpoint import load_checkpoint
 from .config import LogConfig, OptimConfig, build_config, check_task, load_table
 from .engine import TrainingDiverged  # noqa: F401 (importable from here, as before the engine)
 from .engine import Checkpointer, TrainStep, make_optimizer, prepare_run_dir, seed_everything
+from .memory import bound_primitive_cache
 from .metrics import RunLog
 
 
@@ -203,6 +204,7 @@ def train_lm(cfg: LMConfig, *, on_step=None) -> dict:
 
     ``on_step(step, model, method)`` is called after every completed step (tests, monitoring).
     """
+    bound_primitive_cache()  # before the first oneDNN op (bsrnn.train.memory)
     # "auto" precision is resolved before the config is saved (a resume elsewhere compares it)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision)))
     run_dir = prepare_run_dir(cfg.train.run_dir)

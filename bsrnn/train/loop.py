@@ -42,7 +42,7 @@ from .engine import (Checkpointer, TrainingDiverged, TrainStep, make_optimizer, 
                      seed_everything)
 from .engine import check_resumable as _check_resumable
 from .evaluate import evaluate, final_report, format_report, write_json
-from .memory import allocator_name, peak_rss_mb, release_free_memory
+from .memory import allocator_name, bound_primitive_cache, peak_rss_mb, release_free_memory
 from .metrics import RunLog
 
 __all__ = ["train", "lr_at", "TrainingDiverged", "RESUME_FREE"]
@@ -81,6 +81,7 @@ def train(cfg: Config, *, model: torch.nn.Module | None = None) -> dict:
 
     ``model`` replaces the one ``cfg.model`` describes (it must take the same inputs).
     """
+    bound_primitive_cache()  # before the first convolution: oneDNN reads it once (bsrnn.train.memory)
     ctx = distributed.setup()  # rank and world from torchrun's environment; one process otherwise
     try:
         result = _train(cfg, model, ctx)

@@ -12,6 +12,14 @@ Two remedies, used together:
 * ``release_free_memory()`` at every epoch end: glibc's ``malloc_trim(0)`` hands free heap
   pages back (a no-op under jemalloc or on other C libraries).
 
+A third cause is not the allocator's: oneDNN, behind torch's CPU convolutions and bf16 matmuls,
+caches a compiled primitive (with its buffers) for every input shape it meets, up to 1,024 of them.
+Every batch of a speech run has a new length, so that cache only grows: a main-job process went from
+~0.8 GB to ~1.3 GB over its first epochs. ``bound_primitive_cache()`` caps it at
+``ONEDNN_CACHE_CAPACITY`` primitives (a few batch shapes' worth; an unset
+``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` only, so a user's own setting wins); training entry points call
+it before the first convolution, and ``allocator_env`` sets it for training subprocesses.
+
 ``peak_rss_mb()`` is the process's peak resident set (``ru_maxrss``), written into every
 training report so results show what a run needed.
 """
@@ -29,6 +37,16 @@ from pathlib import Path
 JEMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                        "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
 ALLOCATORS = ("jemalloc", "system")
+ONEDNN_CACHE_CAPACITY = 64  # primitives: ~10 per batch shape (two convs forward and backward, bf16 GEMMs)
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def bound_primitive_cache(env: dict | None = None) -> dict:
+    """Cap oneDNN's primitive cache in ``env`` (default: this process's environment, read by oneDNN
+    when it first builds a primitive, so call this before any convolution runs)."""
+    env = os.environ if env is None else env
+    env.setdefault(ONEDNN_CACHE_ENV, str(ONEDNN_CACHE_CAPACITY))
+    return env
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,7 +62,7 @@ def jemalloc_path() -> str | None:
 def allocator_env(env: dict | None = None) -> dict:
     """``env`` (default: this process's) for a training subprocess, with jemalloc preloaded when it
     is installed and ``BSRNN_ALLOCATOR`` is not ``system``."""
-    env = dict(os.environ if env is None else env)
+    env = bound_primitive_cache(dict(os.environ if env is None else env))
     choice = env.get("BSRNN_ALLOCATOR", "jemalloc")
     if choice not in ALLOCATORS:
         raise ValueError(f"BSRNN_ALLOCATOR must be one of {', '.join(ALLOCATORS)}, not {choice!r}")

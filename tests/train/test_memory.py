@@ -43,3 +43,29 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     del big
     assert float(out.stdout) < memory.peak_rss_mb() - 300
+
+
+def test_onednn_primitive_cache_is_bounded_for_training_but_a_users_setting_wins():
+    from bsrnn.train.memory import ONEDNN_CACHE_ENV, allocator_env, bound_primitive_cache
+
+    env = allocator_env({"PATH": "/bin"})
+    assert env[ONEDNN_CACHE_ENV] == "64"
+    assert allocator_env({ONEDNN_CACHE_ENV: "1024"})[ONEDNN_CACHE_ENV] == "1024"
+    own = {}
+    assert bound_primitive_cache(own) is own and own[ONEDNN_CACHE_ENV] == "64"
+
+
+def test_both_training_loops_bound_the_cache_before_anything_else(monkeypatch):
+    """oneDNN reads the capacity once, at its first primitive: the loops set it first thing."""
+    from bsrnn.train import lm, loop
+
+    class First(Exception):
+        pass
+
+    def called():
+        raise First
+
+    for module, fn in ((loop, loop.train), (lm, lm.train_lm)):
+        monkeypatch.setattr(module, "bound_primitive_cache", called)
+        with pytest.raises(First):
+            fn(None)  # raised before the config is even read
