@@ -104,17 +104,17 @@ class GRUScan(torch.autograd.Function):
                 carry = torch.baddbmm(dh * z[t], g, u_t)
             else:
                 carry = torch.addcmul(torch.bmm(g.to(mm), u_t), dh, z[t])  # bf16 product, fp32 sum
-        dgi = dgh.clone()
-        torch.mul(dh_all, dn_pre, out=dgi[..., 2, :])
-        dgh = dgh.view(t_max, d, n, 3 * hid)
+        flat = dgh.view(t_max, d, n, 3 * hid)
         # du[d] = Σ_t h_tᵀ dgh_t: both as (D, T·N, ·) (a copy of contiguous (N, ·) slabs) and one bmm
         hs_d = hs[:-1].transpose(0, 1).reshape(d, t_max * n, hid)
-        dgh_d = dgh.transpose(0, 1).reshape(d, t_max * n, 3 * hid)
+        dgh_d = flat.transpose(0, 1).reshape(d, t_max * n, 3 * hid)
         if mm is not None:  # one large product over all time steps: bf16 in, fp32 out
             hs_d, dgh_d = hs_d.to(mm), dgh_d.to(mm)
         du = torch.bmm(hs_d.transpose(1, 2), dgh_d).to(ctx.u_dtype)
-        db = dgh.sum(0).sum(1)  # (D, 3H); sum((0, 2)) in one call is ~50x slower on CPUs
-        return dgi.view(t_max, d, n, 3 * hid), du, db[:, None, :], None
+        db = flat.sum(0).sum(1)  # (D, 3H); sum((0, 2)) in one call is ~50x slower on CPUs
+        # dgh is done with: it becomes dgi in place (r and z parts are the same; n loses the r factor)
+        torch.mul(dh_all, dn_pre, out=dgh[..., 2, :])
+        return flat, du, db[:, None, :], None
 
 
 def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
@@ -138,9 +138,10 @@ def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
     else:
         b_ih, b_hh = None, x.new_zeros(d, 1, 3 * hid)
     gi = F.linear(x, w_ih, b_ih).view(t_max, n, d, 3 * hid)  # every step's input projection, one GEMM
-    if d == 2:  # the reverse direction runs forward over each reversed utterance
-        gi = torch.stack([gi[:, :, 0], reverse_within_lengths(gi[:, :, 1], lengths)], 2)
-    gi = gi.permute(0, 2, 1, 3).to(u.dtype).contiguous()
+    if d == 2:  # the reverse direction runs forward over each reversed utterance; stacked as (T, D, N, 3H)
+        gi = torch.stack([gi[:, :, 0], reverse_within_lengths(gi[:, :, 1], lengths)], 1).to(u.dtype)
+    else:
+        gi = gi.permute(0, 2, 1, 3).to(u.dtype).contiguous()
     with torch.autocast(x.device.type, enabled=False):
         y = GRUScan.apply(gi, u.contiguous(), b_hh.contiguous(), mm_dtype)  # (T, D, N, H)
     y = y.permute(0, 2, 1, 3)  # (T, N, D, H)
