@@ -160,8 +160,6 @@ class BsrMkl(Kernel):
             return f"{self.name}: a CSR peer multiplies 1×1 blocks only, not {r}×{c}; use bsr_mkl"
         if not self.csr and r != c:
             return f"{self.name}: MKL's BSR format has square blocks only, not {r}×{c}; use the cpu kernel"
-        if mat.values.dtype != np.float32:
-            return f"{self.name}: MKL's sparse BLAS multiplies float32 values only"
         return None
 
     def _prepare(self, mat):
