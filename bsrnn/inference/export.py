@@ -125,7 +125,7 @@ class BsrMatrix:
             if not isinstance(a, np.ndarray):
                 raise ValueError(f"{where}: {key} is a {type(a).__name__}, not a numpy array")
             if key == "values" and a.dtype not in VALUE_DTYPES:
-                raise ValueError(f"{where}: values have dtype {a.dtype}, must be float32, uint16 (bfloat16 bits) "
+                raise ValueError(f"{where}: values has dtype {a.dtype}, must be float32, uint16 (bfloat16 bits) "
                                  "or int8 with scales (convert with np.ascontiguousarray(values, np.float32))")
             if a.dtype != dtype:
                 raise ValueError(f"{where}: {key} has dtype {a.dtype}, must be {np.dtype(dtype)} "

@@ -41,6 +41,7 @@ class Kernel:
 
     name = "?"
     dense = False  # baselines that ignore the sparsity (they multiply the dense matrix)
+    exact = True  # False: computes in a lower precision than fp32 (dense_torch_bf16), tested at its own tolerance
     low_precision = False  # True: _prepare takes bf16/int8 block values as they are; else it gets
     # the float32 values of the same matrix (BsrMatrix.as_float32), so every kernel takes every dtype
 

@@ -92,7 +92,7 @@ class BsrTorch(Kernel):
 
 
 class DenseTorchBf16(DenseTorchMM):
-    name = "dense_torch_bf16"
+    name, exact = "dense_torch_bf16", False
 
     def _prepare(self, mat):
         return super()._prepare(mat).to(torch.bfloat16)

@@ -2,7 +2,7 @@
 
 What a user of MKL would run: the matrix handed to ``mkl_sparse_s_create_bsr`` (square blocks,
 row-major inside a block, zero-based int32 indices: the export's own arrays, no copy) or
-``mkl_sparse_s_create_csr``, an ``mkl_sparse_set_mv_hint`` / ``mm_hint`` for the batch width
+``mkl_sparse_s_create_csr`` (a BSR matrix's nonzeros as CSR), an ``mkl_sparse_set_mv_hint`` / ``mm_hint`` for the batch width
 it will see, then ``mkl_sparse_optimize`` (the inspector), and every call ``mkl_sparse_s_mv``
 (B = 1) or ``mkl_sparse_s_mm`` (row-major x and y). Each batch width the handle has not seen
 gets its hint and a new optimisation once, at its first call.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cpu
+from .cpu import num_threads
 from .base import Kernel, register
 
 # mkl_spblas.h constants
@@ -111,7 +111,15 @@ class _Handle:
         lib = library()
         self.lib, self.h = lib, ctypes.c_void_p()
         m, k = mat.matrix_shape
-        self.keep = (mat.indptr, mat.indices, np.ascontiguousarray(mat.values).reshape(-1))
+        if csr and mat.block != (1, 1):  # a CSR user's matrix: the same nonzeros, one by one
+            import scipy.sparse as sp
+
+            c = sp.bsr_matrix((mat.values, mat.indices, mat.indptr), shape=(m, k)).tocsr()
+            c.eliminate_zeros()
+            c.sort_indices()
+            self.keep = (c.indptr.astype(np.int32), c.indices.astype(np.int32), c.data.astype(np.float32))
+        else:
+            self.keep = (mat.indptr, mat.indices, np.ascontiguousarray(mat.values).reshape(-1))
         ip, ix, v = (a.ctypes.data for a in self.keep)
         if csr:
             st = lib.mkl_sparse_s_create_csr(ctypes.byref(self.h), ZERO_BASED, m, k, ip, ip + 4, ix, v)
@@ -156,8 +164,6 @@ class BsrMkl(Kernel):
         if not self.available():
             return f"{self.name}: libmkl_rt was not found (pip install mkl, or set BSRNN_MKL_RT)"
         r, c = mat.block
-        if self.csr and (r, c) != (1, 1):
-            return f"{self.name}: a CSR peer multiplies 1×1 blocks only, not {r}×{c}; use bsr_mkl"
         if not self.csr and r != c:
             return f"{self.name}: MKL's BSR format has square blocks only, not {r}×{c}; use the cpu kernel"
         return None
@@ -173,7 +179,7 @@ class BsrMkl(Kernel):
             return y
         h = st["h"]
         h.ready(B)
-        nt = cpu.num_threads()
+        nt = num_threads()
         if _threads[0] != nt:
             h.lib.MKL_Set_Num_Threads(nt)
             _threads[0] = nt
