@@ -174,6 +174,11 @@ def run(out_dir="benchmarks/kernels", quick=False, threads=None, rounds=11, targ
     rng = np.random.default_rng(seed)
     info = rf.machine_info(threads)
     info["loadavg_start"] = os.getloadavg()
+    from ..inference.kernels import mkl
+
+    info["mkl_rt"] = getattr(mkl.library(), "_name", None)  # None: the MKL peers are skipped
+    if info["mkl_rt"] is None:
+        log("MKL peers skipped: libmkl_rt not found (pip install mkl, or set BSRNN_MKL_RT)")
     roof = rf.measure(threads, quick, dram=not quick)
     log(f"roofline ({roof['probe']} probe, {threads} threads): peaks "
         + ", ".join(f"{k} {v:.0f}" for k, v in roof["peak_nt_GFLOPs"].items()) + " GFLOP/s; read BW "
