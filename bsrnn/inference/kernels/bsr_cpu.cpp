@@ -28,6 +28,7 @@
 // parts out to the team it actually starts, so every part is computed whatever its size.
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -67,6 +68,23 @@ static inline float w1(float w) { return w; }
 static inline float w1(bf16 w) { uint32_t u = (uint32_t)w << 16; float f; std::memcpy(&f, &u, 4); return f; }
 static inline float w1(int8_t w) { return (float)w; }
 // the block row's scale (int8 values only; other types have none and multiply by nothing)
+// N block values as floats for the bfma path, which broadcasts each one: float values are used in
+// place; bf16/int8 ones are widened 16 at a time into a buffer first (one scalar conversion per
+// weight before each broadcast measured slower than the fp32 path it should beat).
+template <typename WT, int N> struct WBlock {
+  alignas(64) float f[std::is_same_v<WT, float> ? 1 : N];
+  inline const float* load(const WT* w) {
+    if constexpr (std::is_same_v<WT, float>) { return w; }
+    else if constexpr (N % 16 == 0) {
+#pragma GCC unroll 8
+      for (int i = 0; i < N; i += 16) st16(f + i, ldw(w + i));
+      return f;
+    } else {
+      for (int i = 0; i < N; ++i) f[i] = w1(w[i]);
+      return f;
+    }
+  }
+};
 template <typename WT> static inline float row_scale(const float* SC, i64 ib) {
   if constexpr (sizeof(WT) == 1) return SC[ib]; else { (void)SC; (void)ib; return 1.f; }
 }
@@ -183,6 +201,7 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
     const i64 p0 = indptr[ib], p1 = indptr[ib + 1];
     for (int r0 = 0; r0 < R; r0 += RC) {
       T acc[S][RC][NV];
+      WBlock<WT, RC * C> wb[S];  // this pass's rows of S blocks as floats
 #pragma GCC unroll 16
       for (int s = 0; s < S; ++s)
 #pragma GCC unroll 16
@@ -193,7 +212,7 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
       for (; p + S <= p1; p += S) {
 #pragma GCC unroll 8
         for (int s = 0; s < S; ++s) {
-          const WT* w = V + (p + s) * (R * C) + r0 * C;
+          const float* w = wb[s].load(V + (p + s) * (R * C) + r0 * C);
           const float* xr = X + (i64)idx[p + s] * C * ldx + b0;
 #pragma GCC unroll 4
           for (int c = 0; c < C; ++c) {
@@ -203,18 +222,18 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
 #pragma GCC unroll 16
             for (int r = 0; r < RC; ++r)
 #pragma GCC unroll 16
-              for (int n = 0; n < NV; ++n) acc[s][r][n] += w1(w[r * C + c]) * xv[n];
+              for (int n = 0; n < NV; ++n) acc[s][r][n] += w[r * C + c] * xv[n];
           }
         }
       }
       for (; p < p1; ++p) {
-        const WT* w = V + p * (R * C) + r0 * C;
+        const float* w = wb[0].load(V + p * (R * C) + r0 * C);
         const float* xr = X + (i64)idx[p] * C * ldx + b0;
         for (int c = 0; c < C; ++c)
 #pragma GCC unroll 16
           for (int r = 0; r < RC; ++r)
 #pragma GCC unroll 16
-            for (int n = 0; n < NV; ++n) acc[0][r][n] += w1(w[r * C + c]) * ldT<T>(xr + c * ldx + n * W);
+            for (int n = 0; n < NV; ++n) acc[0][r][n] += w[r * C + c] * ldT<T>(xr + c * ldx + n * W);
       }
       const float sc = row_scale<WT>(SC, ib);
 #pragma GCC unroll 16
