@@ -303,7 +303,8 @@ def summary_markdown(json_path) -> str:
         lines += [f"### {M}×{K} at {sp:.0%}", "", "Times in µs (median of rounds).", "",
                   "| method | " + " | ".join(f"B={b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
         methods = list(dict.fromkeys((k, bl, dt) for (k, bl, dt, _) in cell))
-        for k, bl, dt in sorted(methods, key=lambda m: (m[1], m[0] not in OURS, m[0], m[2])):
+        order = ("float32",) + LOW
+        for k, bl, dt in sorted(methods, key=lambda m: (m[1], m[0] not in OURS, m[0], order.index(m[2]) if m[2] in order else 9)):
             vals = [cell.get((k, bl, dt, b)) for b in batches]
             lab = f"{k} {'dense' if bl == 0 else _label(bl)}" + ("" if dt == "float32" else f" {dt}")
             lines.append(f"| {lab} | " + " | ".join(f"{r['median_us']:.1f}" if r else "–" for r in vals) + " |")
