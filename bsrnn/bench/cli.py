@@ -80,6 +80,8 @@ BENCHES = {
     "inference": ("sparse GRU/RNN runtime vs torch.nn.GRU/RNN on the same weights", _inference),
     "training": ("median training step by width, sparsity, precision and path (dense, masked, block-sparse), "
                  "with peak memory", _training),
+    "gpu": ("the CUDA path (torch BSR/CSR, Triton BSR, dense) checked against scipy and timed, in one call",
+            "bsrnn.bench.gpu"),
     "overhead": ("training-step cost of the sparsity methods (mask updates, mask application, group lasso)",
                  "bsrnn.bench.overhead"),
 }

@@ -1,23 +1,36 @@
 """Machine limits for the roofline of docs/kernels.md §9, measured in the same run as the kernels.
 
-    t_ideal = max((S + 4·(K·B + M·B)) / BW(S), 2·nnz·B / P)
+    t_ideal = max(bytes / BW(level), flops / P(precision))
 
-S: bytes of the weight structure; BW(S): streaming-read bandwidth of all kernel threads at a
-working set of S bytes (log-interpolated between measured sizes — the weight is assumed to stay
-in cache between calls, true for a recurrent weight reused every step); P: the best sgemm rate
-of torch and numpy. Also here: the foreign-load monitor (CPU used by *other* processes, from
-/proc) and timing helpers shared by the benchmarks.
+bytes: what a kernel must move at least once per call (weight values, block indices, row
+pointers, per-row scales, x read and y written); level: the cache level where that working set
+lives (per-thread share against the private L1d/L2 sizes from sysfs, the whole set against the
+shared L3; DRAM beyond); BW(level): the fastest streaming-read bandwidth that the SIMD probe of
+``probe.cpp`` measured at working-set sizes inside that level with the kernel's thread count (the
+weight stays in cache between calls, true for a recurrent weight reused every step and for the
+benchmark's repeated calls); P: the peak of the precision's fastest instruction measured the same
+way (fp32: FMA; bf16: the faster of vdpbf16ps and AMX tdpbf16ps; int8: of vpdpbusd and AMX
+tdpbssd), or the best sgemm rate where the probe library cannot be built. Both limits are upper
+bounds on what any kernel can reach, so ``attained`` = t_ideal / t ≤ 1 up to timing noise.
+Also here: the foreign-load monitor (CPU used by *other* processes, from /proc) and timing
+helpers shared by the benchmarks.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
+import subprocess
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
-from numba import njit, prange
+
+from .. import native
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -63,30 +76,105 @@ def calibrate(f, target: float) -> int:
     return int(min(5000, max(1, math.ceil(target / max(t, 1e-7)))))
 
 
-@njit(fastmath=True)
-def _chunk_sum(a, lo, hi):
-    s = np.float32(0.0)
-    for i in range(np.uint64(lo), np.uint64(hi)):
-        s += a[i]
-    return s
+# ------------------------------------------------------------------ cache sizes and the probes
+LEVELS = ("L1", "L2", "L3", "DRAM")
+PROBE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++17"]  # no -ffast-math: sums stay sums
+# per instruction and thread: flops (int8: multiply-adds count 2 ops) of one loop iteration
+_PEAKS = {"fp32_fma": ("probe_fma_f32", 16 * 32), "bf16_dot": ("probe_dp_bf16", 16 * 64),
+          "int8_vnni": ("probe_dp_i8", 16 * 128), "bf16_amx": ("probe_amx_bf16", 4 * 16 * 16 * 32 * 2),
+          "int8_amx": ("probe_amx_i8", 4 * 16 * 16 * 64 * 2)}
+PRECISION_PEAKS = {"float32": ("fp32_fma",), "bf16": ("bf16_dot", "bf16_amx"), "int8": ("int8_vnni", "int8_amx")}
 
 
-@njit(parallel=True, fastmath=True)
-def _read_sum(a, nt):
-    chunk = (a.shape[0] + nt - 1) // nt
-    parts = np.zeros(nt * 16, np.float32)  # 64 B apart: no false sharing
-    for t in prange(nt):
-        parts[t * 16] = _chunk_sum(a, t * chunk, min(a.shape[0], (t + 1) * chunk))
-    return parts.sum()
+def cache_sizes() -> dict:
+    """Bytes of L1d and L2 per core and of L3 in all, from sysfs (lscpu's source); defaults where absent."""
+    out = {"L1": 32 << 10, "L2": 1 << 20, "L3": 32 << 20, "source": "defaults"}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for d in sorted(base.glob("index*")) if base.is_dir() else []:
+        try:
+            level, kind = int((d / "level").read_text()), (d / "type").read_text().strip()
+            size = (d / "size").read_text().strip().upper()
+            n = int(size.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(size[-1], 0)
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and 1 <= level <= 3:
+            out[f"L{level}"], out["source"] = n, "sysfs"
+    return out
 
 
-def read_bw(nbytes: int, threads: int, target: float = 0.03, rounds: int = 7) -> float:
-    a = np.ones(max(16, int(nbytes // 4)), np.float32)
-    f = lambda: _read_sum(a, threads)  # noqa: E731
-    n = calibrate(f, target)
-    # the fastest round: on a shared machine other processes only ever slow a round down, and
-    # an inflated limit would flatter every kernel's share of it
-    return a.nbytes / float(np.min([per_call(f, n, warm=1) for _ in range(rounds)]))
+def level_of(nbytes: float, threads: int, caches: dict) -> str:
+    """The level a working set of ``nbytes`` shared out over ``threads`` lives in."""
+    share = nbytes / max(threads, 1)
+    if share <= caches["L1"]:
+        return "L1"
+    if share <= caches["L2"]:
+        return "L2"
+    return "L3" if nbytes <= caches["L3"] else "DRAM"
+
+
+def probe_sizes(threads: int, caches: dict, dram: bool = True) -> list[int]:
+    """Working-set sizes (all threads together) inside each level: 1/4 and 1/2 of L1d, 1/8…3/4
+    of L2 (per thread), three sizes between 2·L2 and L3/2, and twice L3 for DRAM."""
+    l1, l2, l3 = caches["L1"] * threads, caches["L2"] * threads, caches["L3"]
+    sizes = [l1 // 4, l1 // 2, l2 // 8, l2 // 4, l2 // 2, 3 * l2 // 4]
+    lo, hi = 2 * l2, max(2 * l2, l3 // 2)
+    sizes += [int(lo * (hi / lo) ** f) for f in (0.0, 0.5, 1.0)]
+    if dram:
+        sizes.append(min(2 * l3 + (64 << 20), 3 << 30))
+    return sorted({max(4096, s // 4096 * 4096) for s in sizes})
+
+
+@functools.cache
+def probe_lib() -> ctypes.CDLL | None:
+    """``probe.cpp`` built and loaded, or None (no compiler, failed build)."""
+    try:
+        so = native.build_library("probe", (Path(__file__).parent / "probe.cpp").read_text(), PROBE_FLAGS, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        warnings.warn(f"bsrnn: building the roofline probes failed ({e}); falling back to numpy probes")
+        return None
+    lib = ctypes.CDLL(str(so))
+    P, L, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    lib.probe_read.argtypes, lib.probe_read.restype = [P, L, I, L, P], D
+    for fn, _ in _PEAKS.values():
+        getattr(lib, fn).argtypes, getattr(lib, fn).restype = [L, I, P], D
+    lib.probe_simd_bytes.restype = I
+    lib.probe_amx_allowed.restype = I
+    return lib
+
+
+_SINK = np.zeros(16 * 256, np.float32)
+
+
+def read_bw(nbytes: int, threads: int, target: float = 0.01, rounds: int = 5) -> float:
+    """Streaming-read bandwidth (B/s) of ``threads`` threads over ``nbytes`` in all, the fastest
+    of ``rounds`` timed blocks of about ``target`` seconds (other processes only slow a block down)."""
+    lib = probe_lib()
+    a = np.ones(max(4096, int(nbytes)) // 4, np.float32)
+    if lib is None:  # numpy's sum: one thread, slower than SIMD loads (a looser bound, said in the file)
+        f = lambda: float(a.sum())  # noqa: E731
+        n = calibrate(f, target)
+        return a.nbytes / min(per_call(f, n, 1) for _ in range(rounds))
+    n = a.size // (128 * threads) * 128 * threads  # what the probe reads: whole vector steps per thread
+    t1 = lib.probe_read(a.ctypes.data, n, threads, 1, _SINK.ctypes.data)
+    reps = int(min(100000, max(1, math.ceil(target / max(t1, 1e-7)))))
+    return 4 * n * reps / min(lib.probe_read(a.ctypes.data, n, threads, reps, _SINK.ctypes.data) for _ in range(rounds))
+
+
+def peak_rates(threads: int, target: float = 0.01, rounds: int = 3) -> dict:
+    """GFLOP/s (int8: GOP/s) of each probe instruction with ``threads`` threads; absent ones are
+    left out (not built for this CPU, or AMX refused by the OS)."""
+    lib, out = probe_lib(), {}
+    if lib is None:
+        return out
+    for name, (fn, flops) in _PEAKS.items():
+        f = getattr(lib, fn)
+        t = f(1000, threads, _SINK.ctypes.data)
+        if t < 0:
+            continue
+        iters = int(max(1000, 1000 * target / max(t, 1e-9)))
+        best = min(f(iters, threads, _SINK.ctypes.data) for _ in range(rounds))
+        out[name] = flops * iters * threads / best / 1e9
+    return out
 
 
 def sgemm_peak(sizes=(1024, 2048)) -> dict:
@@ -103,36 +191,87 @@ def sgemm_peak(sizes=(1024, 2048)) -> dict:
     return peak
 
 
-def measure(working_sets, threads: int, quick: bool = False) -> dict:
-    """Read bandwidth at every working-set size and the sgemm peak (GFLOP/s)."""
-    sizes = sorted({int(x) for x in working_sets} | {256_000, 1_000_000, 4_000_000, 16_000_000, 64_000_000})
-    bw = {}
-    for nb in sizes:
-        bw[str(nb)] = read_bw(nb, threads, target=0.01 if quick else 0.03) / 1e9
-    peak = sgemm_peak((1024,) if quick else (1024, 2048))
-    return {"read_bw_GBps": bw, "sgemm_GFLOPs": peak, "sgemm_peak_GFLOPs": max(peak.values()), "threads": threads}
+def measure(threads: int, quick: bool = False, dram: bool = True) -> dict:
+    """Every limit of the roofline: read bandwidth per probe size and per level (1 and
+    ``threads`` threads), peak rate per instruction and per precision, and the sgemm rate."""
+    caches = cache_sizes()
+    lib = probe_lib()
+    sizes = probe_sizes(threads, caches, dram)
+    target = 0.004 if quick else 0.01
+    res = {"caches": caches, "threads": threads,
+           "probe": "numpy" if lib is None else ("avx512" if lib.probe_simd_bytes() == 64 else "portable-simd"),
+           "amx_allowed": bool(lib and lib.probe_amx_allowed())}
+    for nt, key in ((1, "1t"), (threads, "nt")):
+        if key == "nt" or threads != 1:
+            bw = {str(s): read_bw(s, nt, target) / 1e9 for s in (sizes if key == "nt" else sizes[::2])}
+            res[f"read_bw_{key}_GBps"] = bw
+            res[f"peak_{key}_GFLOPs"] = peak_rates(nt, target)
+    if threads == 1:
+        res["read_bw_1t_GBps"], res["peak_1t_GFLOPs"] = res["read_bw_nt_GBps"], res["peak_nt_GFLOPs"]
+    lvl = {}
+    for s, v in res["read_bw_nt_GBps"].items():
+        L = level_of(int(s), threads, caches)
+        lvl[L] = max(lvl.get(L, 0.0), v)
+    for i, L in enumerate(LEVELS):  # a level without a probe inherits the next faster one's figure
+        if L not in lvl:
+            lvl[L] = next((lvl[M] for M in LEVELS[i - 1::-1] if M in lvl), max(lvl.values())) if i else max(lvl.values())
+    res["level_bw_GBps"] = lvl
+    res["sgemm_GFLOPs"] = sgemm_peak((1024,) if quick else (1024, 2048))
+    res["sgemm_peak_GFLOPs"] = max(res["sgemm_GFLOPs"].values())
+    pk = res["peak_nt_GFLOPs"]
+    fp32 = max(pk.get("fp32_fma", 0.0), res["sgemm_peak_GFLOPs"])
+    res["precision_peak_GFLOPs"] = {p: max([fp32] + [pk[n] for n in names if n in pk]) for p, names in PRECISION_PEAKS.items()}
+    res["precision_peak_source"] = {p: max([("fp32_fma" if "fp32_fma" in pk else "sgemm", fp32)]
+                                           + [(n, pk[n]) for n in names if n in pk], key=lambda q: q[1])[0]
+                                    for p, names in PRECISION_PEAKS.items()}
+    return res
 
 
-def bw_at(roof: dict, nbytes: float) -> float:
-    """Streaming read bandwidth (B/s) at a working-set size, log-interpolated."""
-    pts = sorted((int(k), v * 1e9) for k, v in roof["read_bw_GBps"].items())
-    return float(np.interp(np.log(max(nbytes, 1)), np.log([p[0] for p in pts]), [p[1] for p in pts]))
+VALUE_BYTES = {"float32": 4, "bf16": 2, "int8": 1}
 
 
-def struct_bytes(M: int, K: int, block: int, nnzb: int) -> int:
-    """Weight bytes: dense fp32 (block 0), CSR (block 1: value + index), or BSR with int32 indices."""
+def cell_bytes(M: int, K: int, block: int, nnzb: int, B: int, dtype: str = "float32", xy_bytes: int = 4) -> dict:
+    """Bytes a kernel must move per call, each once: weight values, indices, row pointers, int8
+    row scales, x read and y written. block 0: dense; 1: CSR (value + int32 index per nonzero)."""
+    vb = VALUE_BYTES[dtype]
     if block == 0:
-        return 4 * M * K
-    if block == 1:
-        return 8 * nnzb + 4 * (M + 1)
-    return 4 * nnzb * block * block + 4 * nnzb + 4 * (M // block + 1)
+        w = {"values": vb * M * K}
+    elif block == 1:
+        w = {"values": vb * nnzb, "indices": 4 * nnzb, "indptr": 4 * (M + 1)}
+    else:
+        nbr = M // block
+        w = {"values": vb * nnzb * block * block, "indices": 4 * nnzb, "indptr": 4 * (nbr + 1)}
+        if dtype == "int8":
+            w["scales"] = 4 * nbr
+    w.update(x=xy_bytes * K * B, y=xy_bytes * M * B)
+    return w
 
 
-def ideal_s(roof: dict, M: int, K: int, B: int, block: int, nnzb: int) -> float:
-    S = struct_bytes(M, K, block, nnzb)
+def struct_bytes(M: int, K: int, block: int, nnzb: int, dtype: str = "float32") -> int:
+    """Weight bytes (docs/kernels.md §2): everything of ``cell_bytes`` but x and y."""
+    b = cell_bytes(M, K, block, nnzb, 0, dtype)
+    return sum(v for k, v in b.items() if k not in ("x", "y"))
+
+
+def bound(roof: dict, M: int, K: int, B: int, block: int, nnzb: int, dtype: str = "float32",
+          xy_bytes: int = 4) -> dict:
+    """The cell's lower bound on time and which limit sets it (docs/kernels.md §9)."""
+    parts = cell_bytes(M, K, block, nnzb, B, dtype, xy_bytes)
+    nbytes = sum(parts.values())
+    level = level_of(nbytes, roof["threads"], roof["caches"])
+    bw = roof["level_bw_GBps"][level] * 1e9
     nnz = M * K if block == 0 else nnzb * max(block, 1) ** 2
-    return max((S + 4 * (K * B + M * B)) / bw_at(roof, S), 2.0 * nnz * B / (roof["sgemm_peak_GFLOPs"] * 1e9))
+    flops = 2.0 * nnz * B
+    peak = roof["precision_peak_GFLOPs"][dtype] * 1e9
+    t_mem, t_comp = nbytes / bw, flops / peak
+    which = (f"{level} bandwidth" if t_mem >= t_comp else f"{dtype} compute ({roof['precision_peak_source'][dtype]})")
+    return {"ideal_us": max(t_mem, t_comp) * 1e6, "bound": which, "level": level, "bytes": int(nbytes),
+            "flops": flops, "bw_GBps": bw / 1e9, "peak_GFLOPs": peak / 1e9,
+            "t_mem_us": t_mem * 1e6, "t_compute_us": t_comp * 1e6}
 
+
+def ideal_s(roof: dict, M: int, K: int, B: int, block: int, nnzb: int, dtype: str = "float32") -> float:
+    return bound(roof, M, K, B, block, nnzb, dtype)["ideal_us"] * 1e-6
 
 def machine_info(threads: int) -> dict:
     """Versions, CPU, thread settings and BLAS kernels: what a row needs to be compared later."""

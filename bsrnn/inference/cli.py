@@ -15,7 +15,7 @@ def _print_report(exp, path) -> None:
     rows = exp.size_report()
     print(f"{path}: {len(exp.sparse)} block-sparse matrices, {len(exp.dense)} dense tensors")
     for r in rows[:-1]:
-        print(f"  {r['name']:<40s} {'x'.join(map(str, r['shape'])):>12s} block {r['block'][0]}x{r['block'][1]}"
+        print(f"  {r['name']:<40s} {'x'.join(map(str, r['shape'])):>12s} block {r['block'][0]}x{r['block'][1]} {r['dtype']}"
               f"  density {r['density']:6.1%}  {r['dense_bytes'] / 1e6:8.2f} MB -> {r['sparse_bytes'] / 1e6:8.3f} MB"
               f"  (x{r['ratio']:.1f} smaller)")
     t = rows[-1]
@@ -38,7 +38,7 @@ def _export(args) -> int:
     sp = cfg.sparsity
     block = parse_block(args.block) if args.block else tuple(sp.block)
     exp = export_model(model, block, include=args.include or sp.include, exclude=args.exclude or sp.exclude,
-                       config=json.loads(cfg_json) if isinstance(cfg_json, str) else dict(cfg_json))
+                       config=json.loads(cfg_json) if isinstance(cfg_json, str) else dict(cfg_json), dtype=args.dtype)
     out = save(exp, args.out)
     _print_report(exp, out)
     return 0
@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     p.add_argument("--block", help="block shape, e.g. 4x4 (default: the run's sparsity.block)")
     p.add_argument("--include", nargs="*", default=None, help="parameter globs stored block-sparse (default: the run's)")
     p.add_argument("--exclude", nargs="*", default=None, help="parameter globs kept dense (default: the run's)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="block values: fp32 (exact), bf16, or int8 with one scale per block row (docs/kernels.md §2)")
     p.set_defaults(func=_export)
     r = subparsers.add_parser("export-report", help="size report of an exported BSR file")
     r.add_argument("file", type=Path)

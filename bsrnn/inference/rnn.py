@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import kernels
-from .export import BsrMatrix, ExportedModel, recurrent_config, to_bsr
+from .export import BsrMatrix, ExportedModel, quantize, recurrent_config, to_bsr
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
@@ -237,8 +237,11 @@ class SparseRecurrent(nn.Module):
 
     # ------------------------------------------------------------------ builders
     @classmethod
-    def from_tensors(cls, cfg: dict, get, block, *, clip=None, kernel: str = "cpu", prefix: str = ""):
-        """``get(param_name)`` returns a tensor or a ``BsrMatrix`` (dense ones are converted)."""
+    def from_tensors(cls, cfg: dict, get, block, *, clip=None, kernel: str = "cpu", prefix: str = "",
+                     dtype: str | None = None):
+        """``get(param_name)`` returns a tensor or a ``BsrMatrix`` (dense ones are converted).
+        ``dtype`` (fp32, bf16, int8) re-quantises every weight's block values; None keeps them
+        (a dense tensor becomes fp32)."""
         if cfg.get("proj_size"):
             raise ValueError(f"{prefix or 'module'}: LSTM with proj_size is not supported by the sparse runtime")
         G = GATES[cfg["type"]]
@@ -251,7 +254,8 @@ class SparseRecurrent(nn.Module):
                     name = f"{prefix}{key}_l{layer}{sfx}"
                     v = get(name) if (cfg.get("bias", True) or key.startswith("weight")) else None
                     if key.startswith("weight"):
-                        d["w" + key[6:]] = v if isinstance(v, BsrMatrix) else to_bsr(v, _tiling(v, block, G), G, name=name)
+                        m = v if isinstance(v, BsrMatrix) else to_bsr(v, _tiling(v, block, G), G, name=name)
+                        d["w" + key[6:]] = m if dtype is None or m.dtype == dtype else quantize(m, dtype)
                     else:
                         d["b" + key[4:]] = None if v is None else v.detach().float().numpy()
                 dirs.append(d)
@@ -260,13 +264,15 @@ class SparseRecurrent(nn.Module):
                    nonlinearity=cfg.get("nonlinearity", "tanh"), clip=clip, kernel=kernel)
 
     @classmethod
-    def from_module(cls, module: nn.RNNBase, block=(4, 4), *, clip=None, kernel: str = "cpu"):
-        """Sparse copy of a dense(-with-zeros) ``nn.RNN/GRU/LSTM``: exactly its nonzero blocks."""
+    def from_module(cls, module: nn.RNNBase, block=(4, 4), *, clip=None, kernel: str = "cpu", dtype: str = "fp32"):
+        """Sparse copy of a dense(-with-zeros) ``nn.RNN/GRU/LSTM``: exactly its nonzero blocks, block
+        values in ``dtype`` (fp32: exact; bf16 / int8: ``export.quantize``)."""
         cfg = recurrent_config(module)
         if cfg is None:
             raise ValueError(f"{type(module).__name__} is not an nn.RNN, nn.GRU or nn.LSTM")
         params = dict(module.named_parameters())
-        return cls.from_tensors(cfg, params.__getitem__, block, clip=clip, kernel=kernel)
+        return cls.from_tensors(cfg, params.__getitem__, block, clip=clip, kernel=kernel,
+                                dtype=None if dtype in ("fp32", "float32") else dtype)
 
     @classmethod
     def from_exported(cls, exp: ExportedModel, name: str, *, clip=None, kernel: str = "cpu"):
@@ -297,11 +303,12 @@ def _tiling(w: torch.Tensor, block, gates: int):
 
 
 def sparsify_(model: nn.Module, exported: ExportedModel | None = None, *, block=(4, 4), clip=None,
-              kernel: str = "cpu") -> list[str]:
+              kernel: str = "cpu", dtype: str = "fp32") -> list[str]:
     """Replace every ``nn.RNN/GRU/LSTM`` of ``model`` by a ``SparseRecurrent`` (in place).
 
     Weights come from ``exported`` when given (the module names must match), else from the
-    module itself. Returns the replaced module names. Padded tensors and PackedSequences are
+    module itself, with block values in ``dtype`` (an exported file keeps its own). Returns the
+    replaced module names. Padded tensors and PackedSequences are
     both accepted, so a model's own forward runs unchanged (DeepSpeech2 hands a swapped-in module a
     PackedSequence).
     """
@@ -310,7 +317,7 @@ def sparsify_(model: nn.Module, exported: ExportedModel | None = None, *, block=
         if not isinstance(module, nn.RNNBase):
             continue
         new = (SparseRecurrent.from_exported(exported, name, clip=clip, kernel=kernel) if exported is not None
-               else SparseRecurrent.from_module(module, block, clip=clip, kernel=kernel))
+               else SparseRecurrent.from_module(module, block, clip=clip, kernel=kernel, dtype=dtype))
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         setattr(parent, name.rpartition(".")[2], new)
         replaced.append(name)

@@ -8,15 +8,55 @@ from bsrnn.bench import kernels, roofline
 from bsrnn.bench.cli import BENCHES
 
 
-def test_struct_bytes_and_ideal_follow_kernels_md():
-    # docs/kernels.md §2: BSR bytes = 4·nnzb·b² + 4·nnzb + 4·(M/b + 1); CSR 8 B per nonzero
+ROOF = {"threads": 2, "caches": {"L1": 48 << 10, "L2": 2 << 20, "L3": 64 << 20},
+        "level_bw_GBps": {"L1": 400.0, "L2": 200.0, "L3": 50.0, "DRAM": 10.0},
+        "precision_peak_GFLOPs": {"float32": 200.0, "bf16": 2000.0, "int8": 4000.0},
+        "precision_peak_source": {"float32": "fp32_fma", "bf16": "bf16_amx", "int8": "int8_amx"}}
+
+
+def test_cell_bytes_and_bound_follow_kernels_md():
+    # docs/kernels.md §2: BSR bytes = 4·nnzb·b² + 4·nnzb + 4·(M/b + 1); CSR 8 B per nonzero; int8
+    # values 1 B plus a float scale per block row
     assert roofline.struct_bytes(1760, 1760, 4, 19360) == 4 * 19360 * 16 + 4 * 19360 + 4 * 441
     assert roofline.struct_bytes(1760, 1760, 0, 0) == 4 * 1760 * 1760
-    roof = {"read_bw_GBps": {"1000": 100.0, "100000000": 100.0}, "sgemm_peak_GFLOPs": 1000.0}
-    t = roofline.ideal_s(roof, 1760, 1760, 1, 4, 19360)
-    assert np.isclose(t, (roofline.struct_bytes(1760, 1760, 4, 19360) + 4 * 3520) / 100e9)
-    t64 = roofline.ideal_s(roof, 1760, 1760, 64, 4, 19360)  # compute-bound at large batch
-    assert np.isclose(t64, 2 * 19360 * 16 * 64 / 1e12)
+    assert roofline.struct_bytes(1760, 1760, 1, 1000) == 8 * 1000 + 4 * 1761
+    assert roofline.struct_bytes(1760, 1760, 4, 19360, "int8") == 19360 * 16 + 4 * 19360 + 4 * 441 + 4 * 440
+    assert roofline.struct_bytes(1760, 1760, 4, 19360, "bf16") == 2 * 19360 * 16 + 4 * 19360 + 4 * 441
+    # B = 1: 1.32 MB in all, 0.66 MB per thread, in L2 -> the L2 bandwidth bound
+    b = roofline.bound(ROOF, 1760, 1760, 1, 4, 19360)
+    nbytes = roofline.struct_bytes(1760, 1760, 4, 19360) + 4 * 3520
+    assert b["level"] == "L2" and b["bound"] == "L2 bandwidth" and b["bytes"] == nbytes
+    assert np.isclose(b["ideal_us"], nbytes / 200e9 * 1e6)
+    # int8 shrinks the working set but it stays in L2; a dense 1760² weight lives in L3
+    assert roofline.bound(ROOF, 1760, 1760, 1, 4, 19360, "int8")["level"] == "L2"
+    assert roofline.bound(ROOF, 1760, 1760, 1, 0, 0)["level"] == "L3"
+    assert roofline.bound(ROOF, 16384, 16384, 1, 0, 0)["level"] == "DRAM"
+    # large batch: compute-bound at the precision's peak
+    b64 = roofline.bound(ROOF, 1760, 1760, 64, 4, 19360)
+    assert b64["bound"] == "float32 compute (fp32_fma)"
+    assert np.isclose(b64["ideal_us"], 2 * 19360 * 16 * 64 / 200e9 * 1e6)
+    assert roofline.bound(ROOF, 1760, 1760, 64, 0, 0, "bf16")["peak_GFLOPs"] == 2000.0
+
+
+def test_levels_and_probe_sizes_cover_every_cache_level():
+    caches = ROOF["caches"]
+    assert [roofline.level_of(n, 2, caches) for n in (64 << 10, 3 << 20, 32 << 20, 1 << 30)] == ["L1", "L2", "L3", "DRAM"]
+    sizes = roofline.probe_sizes(2, caches)
+    assert {roofline.level_of(s, 2, caches) for s in sizes} == set(roofline.LEVELS)
+    assert all(s % 4096 == 0 for s in sizes) and sizes == sorted(sizes)
+    c = roofline.cache_sizes()
+    assert c["L1"] > 0 and c["L2"] >= c["L1"] and c["L3"] > 0
+
+
+def test_probes_measure_positive_rates():
+    lib = roofline.probe_lib()
+    if lib is None:
+        import pytest
+        pytest.skip("no C++ compiler for the probes")
+    assert roofline.read_bw(64 << 10, 1, target=1e-3, rounds=1) > 1e9  # any SIMD read of an L1/L2 set
+    peaks = roofline.peak_rates(1, target=1e-3, rounds=1)
+    assert peaks["fp32_fma"] > 1.0
+    assert all(v > 0 for v in peaks.values())
 
 
 def test_random_bsr_has_exact_block_count():

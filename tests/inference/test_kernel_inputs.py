@@ -45,7 +45,8 @@ def numba_compiled(name, block):
 # batch 1 on four blocks, and at batch 3 on 1×1 and 4×4 (compiled for test_kernels.py anyway);
 # everything else with -m slow
 GRID = []
-for _name in K.available():
+EXACT = [n for n in K.available() if K.KERNELS[n].exact]  # dense_torch_bf16: tests/inference/test_low_precision.py
+for _name in EXACT:
     for _block in BLOCKS:
         for _B in BATCHES:
             slow = numba_compiled(_name, _block) and (_block in ((8, 8), (16, 16)) or _B > 3
@@ -63,7 +64,7 @@ def test_every_kernel_matches_scipy_bsr(name, block, B):
     if kern.unsupported(mat):
         with pytest.raises(ValueError, match="square blocks"):
             kern(mat, x)
-        assert name == "bsr_torch" and block[0] != block[1]
+        assert name in ("bsr_torch", "bsr_mkl") and block[0] != block[1]
         return
     assert_close(kern(mat, x), scipy_ref(mat, x))
     if B == 1:
@@ -79,7 +80,7 @@ def test_bsr_torch_refuses_non_square_blocks_in_one_sentence():
 
 
 # ----------------------------------------------------------------------------------- out= buffers
-@pytest.mark.parametrize("name", K.available())
+@pytest.mark.parametrize("name", EXACT)
 def test_out_buffer_is_filled_and_returned(name):
     mat = random_mat((4, 4), seed=1)
     m, k = mat.matrix_shape
@@ -172,6 +173,8 @@ def test_benchmark_cell_runs_and_skips_bsr_torch_on_non_square_blocks():
     rows = bench.run_cell(48, 48, 0.5, 1, mats, rng.standard_normal((48, 48), dtype=np.float32), rounds=1,
                           target=1e-4, rng=rng, log=logged.append)
     kernels = {(r["kernel"], r["block"]) for r in rows}
-    assert {("csr_torch", 1), ("bsr4_torch", 4), ("cpu", 4), ("cpu", 12), ("numba_ref", 12)} <= kernels
-    assert not any(k.startswith("bsr12") for k, _ in kernels)
+    assert {("csr_torch", 1), ("bsr_torch", 4), ("bsr_scipy", 12), ("cpu", 4), ("cpu", 12), ("numba_ref", 12)} <= kernels
+    assert ("bsr_torch", 12) not in kernels and ("bsr_mkl", 12) not in kernels
+    assert {r["dtype"] for r in rows if r["kernel"] == "cpu"} == {"float32", "bf16", "int8"}
+    assert any("skipping bsr_torch for 12" in m for m in logged)
     assert all(r["median_us"] > 0 for r in rows) and logged

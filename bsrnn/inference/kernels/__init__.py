@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import baselines, cpu, reference  # noqa: F401  (each registers its kernels, in this order)
+from . import baselines, cpu, mkl, reference  # noqa: F401  (each registers its kernels, in this order)
 from .base import KERNELS, Kernel, available, get, matmul, register
 
 if torch.cuda.is_available():  # the GPU path is imported only when CUDA is present

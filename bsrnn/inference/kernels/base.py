@@ -41,6 +41,9 @@ class Kernel:
 
     name = "?"
     dense = False  # baselines that ignore the sparsity (they multiply the dense matrix)
+    exact = True  # False: computes in a lower precision than fp32 (dense_torch_bf16), tested at its own tolerance
+    low_precision = False  # True: _prepare takes bf16/int8 block values as they are; else it gets
+    # the float32 values of the same matrix (BsrMatrix.as_float32), so every kernel takes every dtype
 
     def available(self) -> bool:
         return True
@@ -59,7 +62,7 @@ class Kernel:
             why = self.unsupported(mat)
             if why:
                 raise ValueError(why)
-            state = mat.cache[self.name] = self._prepare(mat)
+            state = mat.cache[self.name] = self._prepare(mat if self.low_precision else mat.as_float32())
         return state
 
     def __call__(self, mat: BsrMatrix, x, out=None):

@@ -91,5 +91,36 @@ class BsrTorch(Kernel):
         return _ret((w @ torch.from_numpy(x)).numpy(), out)
 
 
-for _k in (DenseTorchMM(), DenseTorchLinear(), DenseNumpy(), CsrTorch(), BsrTorch()):
+class DenseTorchBf16(DenseTorchMM):
+    name, exact = "dense_torch_bf16", False
+
+    def _prepare(self, mat):
+        return super()._prepare(mat).to(torch.bfloat16)
+
+    def _run(self, w, x, out):
+        return _ret(torch.mm(w, torch.from_numpy(x).to(torch.bfloat16)).float().numpy(), out)
+
+
+class BsrScipy(Kernel):
+    name = "bsr_scipy"
+
+    def _prepare(self, mat):
+        import scipy.sparse as sp
+
+        m, k = mat.matrix_shape
+        return sp.bsr_matrix((mat.values, mat.indices, mat.indptr), shape=(m, k))
+
+    def _run(self, w, x, out):
+        return _ret(np.asarray(w @ x, np.float32), out)
+
+
+class CsrScipy(BsrScipy):
+    name = "csr_scipy"
+
+    def _prepare(self, mat):
+        return super()._prepare(mat).tocsr()
+
+
+for _k in (DenseTorchMM(), DenseTorchLinear(), DenseNumpy(), DenseTorchBf16(), CsrTorch(), BsrTorch(),
+           BsrScipy(), CsrScipy()):
     register(_k)

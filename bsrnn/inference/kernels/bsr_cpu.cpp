@@ -14,12 +14,21 @@
 //   row of x (row-major (K, B)), RC rows x NV vectors of accumulators, S interleaved partial sums
 //   so FMA latency never limits short blocks.
 //
+// Block values come in three types (the template parameter WT): float; bf16 (uint16_t, the top
+// half of a float's bits), widened by a zero-extending load and a 16-bit shift; int8_t, widened
+// by a sign-extending load and an int->float conversion, with one float scale per block row
+// applied when the row's sums are stored (exact: the scale is common to the whole row). Weight
+// bytes halve or quarter, the arithmetic stays fp32 FMA, and on a CPU without AVX-512 the same
+// vector code lowers to whatever SIMD the target has (compiled with BSRNN_CPU_MARCH=x86-64 in
+// the tests, the portable fallback).
+//
 // Explicit SIMD comes from GCC vector extensions (AVX-512 broadcasts through intrinsics when the
 // compiler targets them), so code generation does not depend on an auto-vectoriser's mood.
 // Block rows are cut into nt parts balanced by nonzero blocks (cpu.balance); OpenMP deals the
 // parts out to the team it actually starts, so every part is computed whatever its size.
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -30,9 +39,55 @@ typedef float v4 __attribute__((vector_size(16)));
 typedef float v2 __attribute__((vector_size(8)));
 typedef int64_t i64;
 typedef int32_t i32;
+typedef uint16_t bf16;
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
 
 static inline v16 ld16(const float* p) { v16 v; std::memcpy(&v, p, 64); return v; }
 static inline void st16(float* p, v16 v) { std::memcpy(p, &v, 64); }
+// 16 block values as floats, and one value as a float, for each value type
+static inline v16 ldw(const float* p) { return ld16(p); }
+static inline v16 ldw(const bf16* p) {
+#ifdef __AVX512F__  // vpmovzxwd + vpslld (GCC's generic conversion of a byte vector goes element by element)
+  return (v16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+#else
+  u16x16 h; std::memcpy(&h, p, 32);
+  return (v16)(__builtin_convertvector(h, u32x16) << 16);
+#endif
+}
+static inline v16 ldw(const int8_t* p) {
+#ifdef __AVX512F__  // vpmovsxbd + vcvtdq2ps
+  return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+#else
+  i8x16 q; std::memcpy(&q, p, 16);
+  return __builtin_convertvector(q, v16);
+#endif
+}
+static inline float w1(float w) { return w; }
+static inline float w1(bf16 w) { uint32_t u = (uint32_t)w << 16; float f; std::memcpy(&f, &u, 4); return f; }
+static inline float w1(int8_t w) { return (float)w; }
+// the block row's scale (int8 values only; other types have none and multiply by nothing)
+// N block values as floats for the bfma path, which broadcasts each one: float values are used in
+// place; bf16/int8 ones are widened 16 at a time into a buffer first (one scalar conversion per
+// weight before each broadcast measured slower than the fp32 path it should beat).
+template <typename WT, int N> struct WBlock {
+  alignas(64) float f[std::is_same_v<WT, float> ? 1 : N];
+  inline const float* load(const WT* w) {
+    if constexpr (std::is_same_v<WT, float>) { return w; }
+    else if constexpr (N % 16 == 0) {
+#pragma GCC unroll 8
+      for (int i = 0; i < N; i += 16) st16(f + i, ldw(w + i));
+      return f;
+    } else {
+      for (int i = 0; i < N; ++i) f[i] = w1(w[i]);
+      return f;
+    }
+  }
+};
+template <typename WT> static inline float row_scale(const float* SC, i64 ib) {
+  if constexpr (sizeof(WT) == 1) return SC[ib]; else { (void)SC; (void)ib; return 1.f; }
+}
 static inline float hsum(v16 v) {
   v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
@@ -55,8 +110,8 @@ template <int C> static inline v16 xtile(const float* p) {
 // "vec" path, small batch: Xt is (B, K) (one x per row), NB columns at a time. Each block's
 // R*C values are NV 16-lane vectors multiplied lane-wise with x, accumulated per block row,
 // reduced once per block row; CH vectors per pass keep NB*CH accumulators in registers.
-template <int R, int C, int NB>
-static void vec_rows(const i32* indptr, const i32* idx, const float* V, const float* Xt, i64 ldx,
+template <int R, int C, int NB, typename WT>
+static void vec_rows(const i32* indptr, const i32* idx, const WT* V, const float* SC, const float* Xt, i64 ldx,
                      float* Y, i64 ldy, i64 ib0, i64 ib1, i64 j0) {
   constexpr int NV = R * C / 16;
   constexpr int CH0 = 16 / NB < 1 ? 1 : 16 / NB;
@@ -80,11 +135,11 @@ static void vec_rows(const i32* indptr, const i32* idx, const float* V, const fl
       for (; p + S <= p1; p += S) {
 #pragma GCC unroll 4
         for (int s = 0; s < S; ++s) {
-          const float* w = V + (p + s) * (R * C) + v0 * 16;
+          const WT* w = V + (p + s) * (R * C) + v0 * 16;
           const float* xs = Xt + (i64)idx[p + s] * C;
 #pragma GCC unroll 16
           for (int v = 0; v < CH; ++v) {
-            const v16 wv = ld16(w + 16 * v);
+            const v16 wv = ldw(w + 16 * v);
             const int coff = C >= 16 ? ((v0 + v) * 16) % C : 0;
 #pragma GCC unroll 16
             for (int j = 0; j < NB; ++j) acc[s][j][v] += wv * xtile<C>(xs + j * ldx + coff);
@@ -92,11 +147,11 @@ static void vec_rows(const i32* indptr, const i32* idx, const float* V, const fl
         }
       }
       for (; p < p1; ++p) {
-        const float* w = V + p * (R * C) + v0 * 16;
+        const WT* w = V + p * (R * C) + v0 * 16;
         const float* xs = Xt + (i64)idx[p] * C;
 #pragma GCC unroll 16
         for (int v = 0; v < CH; ++v) {
-          const v16 wv = ld16(w + 16 * v);
+          const v16 wv = ldw(w + 16 * v);
           const int coff = C >= 16 ? ((v0 + v) * 16) % C : 0;
 #pragma GCC unroll 16
           for (int j = 0; j < NB; ++j) acc[0][j][v] += wv * xtile<C>(xs + j * ldx + coff);
@@ -124,8 +179,9 @@ static void vec_rows(const i32* indptr, const i32* idx, const float* V, const fl
           }
         }
     }
+    const float sc = row_scale<WT>(SC, ib);
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < NB; ++j) Y[(ib * R + r) * ldy + j0 + j] = out[j][r];
+      for (int j = 0; j < NB; ++j) Y[(ib * R + r) * ldy + j0 + j] = out[j][r] * sc;
   }
 }
 
@@ -134,8 +190,8 @@ static void vec_rows(const i32* indptr, const i32* idx, const float* V, const fl
 // each weight is broadcast once against the x row it multiplies.
 template <typename T> static inline T ldT(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
 template <typename T> static inline void stT(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
-template <int R, int C, typename T, int NV>
-static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const float* X, i64 ldx,
+template <int R, int C, typename T, int NV, typename WT>
+static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const float* SC, const float* X, i64 ldx,
                       float* Y, i64 ldy, i64 ib0, i64 ib1, i64 b0) {
   constexpr int W = sizeof(T) / sizeof(float);
   constexpr int RC0 = 16 / NV < 1 ? 1 : 16 / NV;
@@ -145,6 +201,7 @@ static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const f
     const i64 p0 = indptr[ib], p1 = indptr[ib + 1];
     for (int r0 = 0; r0 < R; r0 += RC) {
       T acc[S][RC][NV];
+      WBlock<WT, RC * C> wb[S];  // this pass's rows of S blocks as floats
 #pragma GCC unroll 16
       for (int s = 0; s < S; ++s)
 #pragma GCC unroll 16
@@ -155,7 +212,7 @@ static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const f
       for (; p + S <= p1; p += S) {
 #pragma GCC unroll 8
         for (int s = 0; s < S; ++s) {
-          const float* w = V + (p + s) * (R * C) + r0 * C;
+          const float* w = wb[s].load(V + (p + s) * (R * C) + r0 * C);
           const float* xr = X + (i64)idx[p + s] * C * ldx + b0;
 #pragma GCC unroll 4
           for (int c = 0; c < C; ++c) {
@@ -170,7 +227,7 @@ static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const f
         }
       }
       for (; p < p1; ++p) {
-        const float* w = V + p * (R * C) + r0 * C;
+        const float* w = wb[0].load(V + p * (R * C) + r0 * C);
         const float* xr = X + (i64)idx[p] * C * ldx + b0;
         for (int c = 0; c < C; ++c)
 #pragma GCC unroll 16
@@ -178,13 +235,14 @@ static void bfma_rows(const i32* indptr, const i32* idx, const float* V, const f
 #pragma GCC unroll 16
             for (int n = 0; n < NV; ++n) acc[0][r][n] += w[r * C + c] * ldT<T>(xr + c * ldx + n * W);
       }
+      const float sc = row_scale<WT>(SC, ib);
 #pragma GCC unroll 16
       for (int r = 0; r < RC; ++r)
 #pragma GCC unroll 16
         for (int n = 0; n < NV; ++n) {
           T a = acc[0][r][n];
           for (int s = 1; s < S; ++s) a += acc[s][r][n];
-          stT<T>(Y + (ib * R + r0 + r) * ldy + b0 + n * W, a);
+          stT<T>(Y + (ib * R + r0 + r) * ldy + b0 + n * W, a * sc);
         }
     }
   }
@@ -227,47 +285,53 @@ static void csr_rows(const i32* indptr, const i32* idx, const float* V, const fl
 }
 
 // One thread's share of block rows, all batch columns: wide tiles first, narrower for the rest.
-template <int R, int C>
-static void rows(const i32* indptr, const i32* idx, const float* V, const float* X, const float* Xt,
+template <int R, int C, typename WT>
+static void rows(const i32* indptr, const i32* idx, const WT* V, const float* SC, const float* X, const float* Xt,
                  int vec, i64 K, float* Y, i64 B, i64 ib0, i64 ib1) {
   i64 j = 0;
   if (vec) {  // small batch: vec path on the transposed x
-    if constexpr (R == 1 && C == 1) {
+    if constexpr (R == 1 && C == 1 && sizeof(WT) == 4) {
       for (; j + 8 <= B; j += 8) csr_rows<8>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j + 4 <= B; j += 4) csr_rows<4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j + 2 <= B; j += 2) csr_rows<2>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       for (; j < B; ++j) csr_rows<1>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
       return;
     } else if constexpr (R * C >= 16 && (C >= 16 ? C % 16 == 0 : 16 % C == 0)) {
-      for (; j + 8 <= B; j += 8) vec_rows<R, C, 8>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
-      for (; j + 4 <= B; j += 4) vec_rows<R, C, 4>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
-      for (; j + 2 <= B; j += 2) vec_rows<R, C, 2>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
-      for (; j < B; ++j) vec_rows<R, C, 1>(indptr, idx, V, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j + 8 <= B; j += 8) vec_rows<R, C, 8, WT>(indptr, idx, V, SC, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j + 4 <= B; j += 4) vec_rows<R, C, 4, WT>(indptr, idx, V, SC, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j + 2 <= B; j += 2) vec_rows<R, C, 2, WT>(indptr, idx, V, SC, Xt + j * K, K, Y, B, ib0, ib1, j);
+      for (; j < B; ++j) vec_rows<R, C, 1, WT>(indptr, idx, V, SC, Xt + j * K, K, Y, B, ib0, ib1, j);
       return;
     }
   }
-  for (; j + 64 <= B; j += 64) bfma_rows<R, C, v16, 4>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
-  for (; j + 32 <= B; j += 32) bfma_rows<R, C, v16, 2>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
-  for (; j + 16 <= B; j += 16) bfma_rows<R, C, v16, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
-  for (; j + 8 <= B; j += 8) bfma_rows<R, C, v8, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
-  for (; j + 4 <= B; j += 4) bfma_rows<R, C, v4, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
-  for (; j < B; ++j) bfma_rows<R, C, float, 1>(indptr, idx, V, X, B, Y, B, ib0, ib1, j);
+  for (; j + 64 <= B; j += 64) bfma_rows<R, C, v16, 4, WT>(indptr, idx, V, SC, X, B, Y, B, ib0, ib1, j);
+  for (; j + 32 <= B; j += 32) bfma_rows<R, C, v16, 2, WT>(indptr, idx, V, SC, X, B, Y, B, ib0, ib1, j);
+  for (; j + 16 <= B; j += 16) bfma_rows<R, C, v16, 1, WT>(indptr, idx, V, SC, X, B, Y, B, ib0, ib1, j);
+  for (; j + 8 <= B; j += 8) bfma_rows<R, C, v8, 1, WT>(indptr, idx, V, SC, X, B, Y, B, ib0, ib1, j);
+  for (; j + 4 <= B; j += 4) bfma_rows<R, C, v4, 1, WT>(indptr, idx, V, SC, X, B, Y, B, ib0, ib1, j);
+  for (; j < B; ++j) bfma_rows<R, C, float, 1, WT>(indptr, idx, V, SC, X, B, Y, B, ib0, ib1, j);
 }
 
 // bounds holds nt + 1 block-row cuts. OpenMP may start fewer threads than nt asks for
 // (OMP_THREAD_LIMIT, OMP_DYNAMIC, a nested region), so the parts are a work-shared loop, not
 // one part per thread number: each part is computed exactly once whatever the team size.
-template <int R, int C>
-static void run(const i32* indptr, const i32* idx, const float* V, const i64* bounds, int nt,
+template <int R, int C, typename WT>
+static void run(const i32* indptr, const i32* idx, const WT* V, const float* SC, const i64* bounds, int nt,
                 const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
-  if (nt <= 1) { rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[0], bounds[nt]); return; }
+  if (nt <= 1) { rows<R, C, WT>(indptr, idx, V, SC, X, Xt, vec, K, Y, B, bounds[0], bounds[nt]); return; }
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int t = 0; t < nt; ++t) rows<R, C>(indptr, idx, V, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
+  for (int t = 0; t < nt; ++t) rows<R, C, WT>(indptr, idx, V, SC, X, Xt, vec, K, Y, B, bounds[t], bounds[t + 1]);
 }
 
-extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const float* V, const i64* bounds,
-                      int nt, const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
-#define CASE(r, c) if (R == r && C == c) { run<r, c>(indptr, idx, V, bounds, nt, X, Xt, vec, K, Y, B); return 0; }
+// wt: the value type, 0 float, 1 bf16, 2 int8 (SC then holds one scale per block row).
+extern "C" int bsr_mm(int R, int C, const i32* indptr, const i32* idx, const void* V, int wt, const float* SC,
+                      const i64* bounds, int nt, const float* X, const float* Xt, int vec, i64 K, float* Y, i64 B) {
+#define CASE(r, c) if (R == r && C == c) { \
+    if (wt == 0) run<r, c, float>(indptr, idx, (const float*)V, SC, bounds, nt, X, Xt, vec, K, Y, B); \
+    else if (wt == 1) run<r, c, bf16>(indptr, idx, (const bf16*)V, SC, bounds, nt, X, Xt, vec, K, Y, B); \
+    else if (wt == 2) run<r, c, int8_t>(indptr, idx, (const int8_t*)V, SC, bounds, nt, X, Xt, vec, K, Y, B); \
+    else return -2; \
+    return 0; }
   CASE(1, 1) CASE(4, 4) CASE(8, 8) CASE(16, 16) CASE(32, 32)
 
 #undef CASE

@@ -44,6 +44,8 @@ from .base import Kernel, register
 SOURCE_FILE = "bsr_cpu.cpp"
 
 CXX_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17"]  # compiling
+# BSRNN_CPU_MARCH=x86-64 (or any -march value) builds for that target instead of this CPU: the
+# portable vector code without AVX-512, which the tests run to check the fallback path.
 # Linking is a separate step without -ffast-math: given it, GCC links crtfastmath.o into the
 # library, whose constructor turns on flush-to-zero and denormals-are-zero for the whole process
 # the moment the library loads — every later numpy and torch result with a subnormal would change.
@@ -262,16 +264,21 @@ def source() -> str:
 cache_dir, compiler = native.cache_dir, native.compiler
 
 
+def cxx_flags() -> list[str]:
+    march = os.environ.get("BSRNN_CPU_MARCH")
+    return [f"-march={march}" if f == "-march=native" and march else f for f in CXX_FLAGS]
+
+
 def library_path(src: str, cache: Path, cxx: str) -> Path:
     """Where the library built from ``src`` lives: named by a hash of everything the build reads."""
-    return native.library_path("bsr_cpu", src, cache, cxx, CXX_FLAGS, LINK_FLAGS)
+    return native.library_path("bsr_cpu", src, cache, cxx, cxx_flags(), LINK_FLAGS)
 
 
 def build(src: str | None = None, cache: Path | None = None, cxx: str | None = None) -> Path:
     """The shared library of ``src`` (default: the packaged ``bsr_cpu.cpp``), compiled unless the
     cache already holds it (``bsrnn.native``). Raises ``OSError``/``subprocess.SubprocessError``
     when the build fails."""
-    return native.build_library("bsr_cpu", source() if src is None else src, CXX_FLAGS, link_flags=LINK_FLAGS,
+    return native.build_library("bsr_cpu", source() if src is None else src, cxx_flags(), link_flags=LINK_FLAGS,
                                 cache=cache, cxx=cxx, timeout=600)
 
 
@@ -289,7 +296,7 @@ def compiled() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(so))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.bsr_mm.argtypes = [I, I, P, P, P, P, I, P, P, I, L, P, L]
+    lib.bsr_mm.argtypes = [I, I, P, P, P, I, P, P, I, P, P, I, L, P, L]
     lib.bsr_mm.restype = I
     return lib
 
@@ -310,8 +317,9 @@ def retile(mat, h: int):
     vals = mat.values.reshape(n, fr, h, fc, h)[pp, aa, :, bb, :]
     indptr = np.zeros((len(mat.indptr) - 1) * fr + 1, np.int32)
     np.cumsum(np.bincount(new_row, minlength=len(indptr) - 1), out=indptr[1:])
+    scales = None if mat.scales is None else np.ascontiguousarray(np.repeat(mat.scales, fr))  # per block row
     return BsrMatrix(mat.shape, (h, h), indptr, (mat.indices[pp] * fc + bb).astype(np.int32),
-                     np.ascontiguousarray(vals, np.float32), mat.gates, mat.name)
+                     np.ascontiguousarray(vals), mat.gates, mat.name, scales=scales)
 
 
 @functools.cache
@@ -323,22 +331,29 @@ def _call():
     fn = compiled().bsr_mm
 
     @njit(nogil=True)
-    def call(R, C, indptr, indices, values, bounds, nt, x, xt, vec, K, y, B):
-        return fn(R, C, indptr.ctypes, indices.ctypes, values.ctypes, bounds.ctypes, nt, x.ctypes, xt.ctypes,
-                  vec, K, y.ctypes, B)
+    def call(R, C, indptr, indices, values, wt, scales, bounds, nt, x, xt, vec, K, y, B):
+        return fn(R, C, indptr.ctypes, indices.ctypes, values.ctypes, wt, scales.ctypes, bounds.ctypes, nt,
+                  x.ctypes, xt.ctypes, vec, K, y.ctypes, B)
 
     return call
 
 
+WT = {np.dtype(np.float32): 0, np.dtype(np.uint16): 1, np.dtype(np.int8): 2}  # bsr_mm's value types
+_NO_SCALES = np.ones(1, np.float32)
+
+
 class Cpu(Kernel):
     name = "cpu"
+    low_precision = True  # multiplies bf16 and int8 block values itself (base.Kernel.prepare)
 
     def _prepare(self, mat):
         if compiled() is None or tuple(mat.block) not in SPECIALISED:
-            return {"mat": mat, "fallback": True}
+            return {"mat": mat.as_float32(), "fallback": True}
         (m, k), (R, C) = mat.matrix_shape, mat.block
+        wt = WT[mat.values.dtype]
         st = {"mat": mat, "values": np.ascontiguousarray(mat.values).reshape(-1), "bounds": {},
-              "dims": (m, k, R, C), "vec_ok": R * C >= 16 or R * C == 1}
+              "wt": wt, "scales": _NO_SCALES if mat.scales is None else mat.scales,
+              "dims": (m, k, R, C), "vec_ok": R * C >= 16 or (R * C == 1 and wt == 0)}
         if R == C == 32:  # the small-batch path runs on 16×16 tiles (see retile)
             st["small"] = self._prepare(retile(mat, 16))
         return st
@@ -360,7 +375,8 @@ class Cpu(Kernel):
         # CSR gathers x per nonzero: worth it only while the batch is too narrow for bfma's rows
         vec = B < (CSR_VEC_MAX_BATCH if R * C == 1 else VEC_MAX_BATCH) and st["vec_ok"]
         xt = x if (B == 1 or not vec) else np.ascontiguousarray(x.T)
-        if _call()(R, C, mat.indptr, mat.indices, st["values"], bounds, nt, x, xt, int(vec), k, y, B):
+        if _call()(R, C, mat.indptr, mat.indices, st["values"], st["wt"], st["scales"], bounds, nt, x, xt, int(vec),
+                   k, y, B):
             raise RuntimeError(f"cpu kernel has no specialisation for block {R}×{C}")
         return y
 
