@@ -84,6 +84,8 @@ BENCHES = {
             "bsrnn.bench.gpu"),
     "overhead": ("training-step cost of the sparsity methods (mask updates, mask application, group lasso)",
                  "bsrnn.bench.overhead"),
+    "decode": ("CER/WER of greedy, beam and beam + character-LM CTC decoding on the test splits",
+               "bsrnn.bench.decode"),
 }
 
 

@@ -20,6 +20,18 @@ Splits are by document, never mid-line: the documents are shuffled with a seeded
 train, the next 5 % to valid, the rest to test. Vocabularies are built on train only: a
 character vocabulary (index 0 is the unknown symbol) or the ``vocab_size`` most frequent words
 plus ``<unk>`` and ``<eos>``. Documents end with ``\\n`` (characters) or ``<eos>`` (words).
+
+Two options make a corpus fit for shallow fusion with a speech model (docs/decoding.md §3):
+
+* ``exclude``: speech manifests (JSONL) or corpus folders whose held-out prompts must not be
+  in the LM's text. A folder stands for every ``*.jsonl`` in it except ``train.jsonl``. A
+  document is dropped, before the split, when its word sequence contains any such prompt
+  (``prompt_words``: letters only, apostrophes removed, everything else a word break), so an
+  LM scored on dev or test has never read the sentences it is asked to rescore.
+* ``normalize = "speech"``: each document is cut at ``;`` (a WordNet gloss is a definition and
+  its examples), each piece goes through ``bsrnn.data.text.normalize`` and keeps only the
+  speech alphabet (a-z, apostrophe, space); the ``\\n`` after each piece is then the end of an
+  utterance-like sentence.
 """
 
 from __future__ import annotations
@@ -46,7 +58,10 @@ LEVELS = ("char", "word")
 WORDNET_DIR = wordnet.WORDNET_DIR
 UNK_CHAR, UNK_WORD, EOS_WORD = "\ufffd", "<unk>", "<eos>"
 CACHE_VERSION = 1
+NORMALIZE = ("none", "speech")
 _WORD_RE = re.compile(r"[\w]+(?:'[\w]+)*|[^\w\s]")
+_NOT_SPEECH = re.compile(r"[^a-z' ]+")
+_NOT_LETTER = re.compile(r"[^a-z]+")
 
 
 def wordnet_glosses(root: str | Path = WORDNET_DIR) -> list[str]:
@@ -104,6 +119,66 @@ def load_documents(source: str, path: str | Path | None = None) -> list[str]:
     if source == "text":
         return text_lines(path)
     raise ValueError(f"text source {source!r} is not one of {', '.join(SOURCES)}")
+
+
+def speech_documents(docs: list[str]) -> list[str]:
+    """``normalize = "speech"``: each document cut at ``;``, normalised like ASR transcripts
+    (``bsrnn.data.text.normalize``), characters outside a-z, apostrophe and space replaced by a
+    space; empty pieces dropped."""
+    from .text import normalize  # text imports wordnet, as this module does: no cycle, but keep it local
+    out = []
+    for doc in docs:
+        for piece in doc.split(";"):
+            piece = " ".join(_NOT_SPEECH.sub(" ", normalize(piece)).split())
+            if piece.strip(" '"):
+                out.append(piece)
+    return out
+
+
+def prompt_words(text: str) -> tuple[str, ...]:
+    """The words by which a prompt is matched: ``normalize``, apostrophes removed, every run of
+    other non-letters a word break (so "don't" ~ "dont", '(the cat)' ~ 'the cat')."""
+    from .text import normalize
+    return tuple(_NOT_LETTER.sub(" ", normalize(text).replace("'", "")).split())
+
+
+def held_out_prompts(sources) -> set[tuple[str, ...]]:
+    """The prompts (as ``prompt_words``) of speech manifests or corpus folders; a folder means
+    all its ``*.jsonl`` but ``train.jsonl``. A source that does not exist is an error."""
+    from .manifest import read_manifest
+    prompts: set[tuple[str, ...]] = set()
+    for src in sources:
+        src = Path(src)
+        if src.is_dir():
+            files = sorted(f for f in src.glob("*.jsonl") if f.name != "train.jsonl")
+            if not files:
+                raise FileNotFoundError(f"data.exclude: corpus folder {src} has no held-out manifests (*.jsonl "
+                                        "besides train.jsonl)")
+        elif src.is_file():
+            files = [src]
+        else:
+            raise FileNotFoundError(f"data.exclude: {src} is neither a speech manifest nor a corpus folder")
+        for f in files:
+            prompts.update(w for w in (prompt_words(r["text"]) for r in read_manifest(f)) if w)
+    return prompts
+
+
+def exclude_prompts(docs: list[str], prompts: set[tuple[str, ...]]) -> tuple[list[str], int]:
+    """(documents whose words contain none of ``prompts``, number dropped); linear in the text:
+    each word position is looked up by its next (up to) three words, and only the prompts that
+    start with those compared in full."""
+    index: dict[int, dict[tuple[str, ...], list[tuple[str, ...]]]] = {}
+    for p in prompts:
+        k = min(len(p), 3)
+        index.setdefault(k, {}).setdefault(p[:k], []).append(p)
+    kept = []
+    for doc in docs:
+        words = prompt_words(doc)
+        hit = any(words[i: i + len(p)] == p for i in range(len(words)) for k, table in index.items()
+                  for p in table.get(words[i: i + k], ()))
+        if not hit:
+            kept.append(doc)
+    return kept, len(docs) - len(kept)
 
 
 def split_documents(docs: list[str], fractions=(0.9, 0.05, 0.05), *, seed: int = 0,
@@ -205,8 +280,15 @@ class TextCorpus:
 
 def build_corpus(source: str = "wordnet", level: str = "char", *, path: str | None = None,
                  cache_dir: str | Path | None = "data/text/cache", max_chars: int = 0, vocab_size: int = 10_000,
-                 min_count: int = 1, fractions=(0.9, 0.05, 0.05), seed: int = 0) -> TextCorpus:
-    """The encoded corpus, read from ``cache_dir`` when an identical one was built before."""
+                 min_count: int = 1, fractions=(0.9, 0.05, 0.05), seed: int = 0,
+                 exclude=(), normalize: str = "none") -> TextCorpus:
+    """The encoded corpus, read from ``cache_dir`` when an identical one was built before.
+
+    ``exclude`` and ``normalize``: see the module docstring; the excluded prompts themselves
+    (a digest of them) are part of the cache key, so a regenerated speech corpus rebuilds it.
+    """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"data.normalize {normalize!r} is not one of {', '.join(NORMALIZE)}")
     if level not in LEVELS:
         raise ValueError(f"data.level {level!r} is not one of {', '.join(LEVELS)}")
     if source not in SOURCES:
@@ -217,12 +299,24 @@ def build_corpus(source: str = "wordnet", level: str = "char", *, path: str | No
     if source == "text" and path:  # a user file may change: its size and mtime join the key
         st = Path(path).stat() if Path(path).is_file() else None
         meta["file"] = [st.st_size, st.st_mtime_ns] if st else None
+    prompts = held_out_prompts(exclude) if exclude else set()
+    if normalize != "none":
+        meta["normalize"] = normalize
+    if exclude:  # older caches (no exclusion) keep their keys
+        meta["exclude"] = [str(e) for e in exclude]
+        meta["exclude_prompts"] = hashlib.sha1("\n".join(sorted(" ".join(p) for p in prompts)).encode()).hexdigest()
     key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{source}-{level}-{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
         d = torch.load(cache, weights_only=True)
         return TextCorpus(Vocab(d["itos"], level), d["train"], d["valid"], d["test"], json.loads(d["meta"]))
-    train, valid, test = split_documents(load_documents(source, path), fractions, seed=seed, max_chars=max_chars)
+    docs = load_documents(source, path)
+    if prompts:
+        docs, dropped = exclude_prompts(docs, prompts)
+        meta.update(excluded_prompts=len(prompts), excluded_documents=dropped)
+    if normalize == "speech":
+        docs = speech_documents(docs)
+    train, valid, test = split_documents(docs, fractions, seed=seed, max_chars=max_chars)
     vocab = Vocab.build(train, level, size=vocab_size, min_count=min_count)
     streams = {name: vocab.encode_documents(docs) for name, docs in
                (("train", train), ("valid", valid), ("test", test))}

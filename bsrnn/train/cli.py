@@ -29,7 +29,12 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, write_json
     splits = (args.split or []) + (args.manifest or [])
-    result = evaluate_checkpoint(args.checkpoint, splits or ["test"], corpus=args.corpus)
+    decoder = None
+    if args.decoder != "greedy" or args.lm:
+        from bsrnn.decode import make_decoder
+        decoder = make_decoder(args.decoder, beam=args.beam, lm=args.lm, lm_weight=args.lm_weight, bonus=args.bonus,
+                               prune=None if args.prune >= 1 else args.prune)
+    result = evaluate_checkpoint(args.checkpoint, splits or ["test"], corpus=args.corpus, decoder=decoder)
     print(f"{args.checkpoint}: {result['params']:,} parameters, {result['nonzero_params']:,} nonzero")
     for name, r in result["splits"].items():
         print(f"  {name:<24} CER {r['cer']:6.2f}%   WER {r['wer']:6.2f}%   ({r['utterances']} utts)")
@@ -55,4 +60,13 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", action="append", help="a JSONL manifest path (repeatable)")
     p.add_argument("--corpus", help="corpus directory (default: the one the model was trained on)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy",
+                   help="CTC decoding: greedy best path (default) or prefix beam search (docs/decoding.md)")
+    p.add_argument("--beam", type=int, default=16, help="beam width of --decoder beam (default 16)")
+    p.add_argument("--lm", help="character LM for shallow fusion: a bsrnn lm-train checkpoint or lm-export file")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="weight of log P_lm in the beam score (default 0.5)")
+    p.add_argument("--bonus", type=float, default=1.0, help="score added per emitted character with --lm (default 1.0)")
+    p.add_argument("--prune", type=float, default=0.999,
+                   help="per frame, extend only by the likeliest symbols up to this cumulative probability "
+                        "(default 0.999; 1 = all symbols)")
     p.set_defaults(func=_eval)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -32,8 +33,10 @@ from .metrics import error_rates, greedy_decode
 
 
 @torch.no_grad()
-def evaluate(model: DeepSpeech2, dataset, batch_size: int = 32, examples: int = 3) -> dict:
-    """CTC loss, CER and WER (percent) of ``model`` on ``dataset``, decoding greedily.
+def evaluate(model: DeepSpeech2, dataset, batch_size: int = 32, examples: int = 3, decoder=None) -> dict:
+    """CTC loss, CER and WER (percent) of ``model`` on ``dataset``, decoding greedily, or with
+    ``decoder`` (a function of one utterance's ``(T, C)`` log-probabilities, e.g.
+    ``bsrnn.decode.make_decoder("beam", ...)``; ``decode_seconds`` then says what it cost).
 
     Batches are taken in length order so padding (and time) stay small; the result does not
     depend on the order because padding never reaches an utterance's output.
@@ -41,19 +44,24 @@ def evaluate(model: DeepSpeech2, dataset, batch_size: int = 32, examples: int = 
     was_training = model.training
     model.eval()
     order = sorted(range(len(dataset)), key=lambda i: int(dataset.lengths[i]))
-    refs, hyps, total_loss, n_chars = [], [], 0.0, 0
+    refs, hyps, total_loss, n_chars, decode_seconds = [], [], 0.0, 0, 0.0
     for start in range(0, len(order), batch_size):
         feats, flens, targets, tlens, _ = collate([dataset[i] for i in order[start:start + batch_size]])
         log_probs, out_lens = model(feats, flens)
         loss = F.ctc_loss(log_probs, targets, out_lens, tlens, zero_infinity=True, reduction="sum")
         total_loss += float(loss)
         n_chars += int(tlens.sum())
-        hyps += greedy_decode(log_probs, out_lens)
+        started = time.perf_counter()
+        if decoder is None:
+            hyps += greedy_decode(log_probs, out_lens)
+        else:
+            hyps += [decoder(log_probs[: int(n), i]) for i, n in enumerate(out_lens.tolist())]
+        decode_seconds += time.perf_counter() - started
         refs += [decode(t) for t in torch.split(targets, tlens.tolist())]
     model.train(was_training)
     rates = error_rates(refs, hyps)
     return {"loss": total_loss / max(len(refs), 1), "loss_per_char": total_loss / max(n_chars, 1),
-            **rates, "utterances": len(refs),
+            **rates, "utterances": len(refs), "decode_seconds": decode_seconds,
             "examples": [{"ref": r, "hyp": h} for r, h in zip(refs[:examples], hyps[:examples])]}
 
 
@@ -81,8 +89,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, splits: list[str], *, corpus: str | None = None) -> dict:
-    """``bsrnn eval``: rebuild the model of a checkpoint and score it on splits or manifests."""
+def evaluate_checkpoint(checkpoint: str | Path, splits: list[str], *, corpus: str | None = None,
+                        decoder=None) -> dict:
+    """``bsrnn eval``: rebuild the model of a checkpoint and score it on splits or manifests
+    (``decoder``: as in ``evaluate``; None = greedy)."""
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("kind") == "lm":
         raise ValueError(f"checkpoint {checkpoint} is a language-model checkpoint; its report.json has its "
@@ -100,5 +110,5 @@ def evaluate_checkpoint(checkpoint: str | Path, splits: list[str], *, corpus: st
     params, nonzero = count_parameters(model)
     out = {"checkpoint": str(checkpoint), "params": params, "nonzero_params": nonzero, "splits": {}}
     for split in splits:
-        out["splits"][split] = evaluate(model, open_dataset(cfg.data, split, stats))
+        out["splits"][split] = evaluate(model, open_dataset(cfg.data, split, stats), decoder=decoder)
     return out

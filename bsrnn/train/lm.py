@@ -56,6 +56,14 @@ class LMDataConfig:
     min_count: int = 1  # symbols seen fewer times in train become unknown
     split: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train/valid/test documents
     seed: int = 0  # seeds the document shuffle behind the splits
+    # speech manifests / corpus folders whose held-out (dev, test) prompts are removed from the text,
+    # so that fusion with a speech model does not score sentences the LM has read (docs/decoding.md §3)
+    exclude: list[str] = field(default_factory=list)
+    normalize: str = "none"  # none | speech (cut glosses at ';', ASR-normalised, a-z ' and space only)
+
+    def __post_init__(self):
+        if self.normalize not in ("none", "speech"):
+            raise ValueError(f"config key data.normalize = {self.normalize!r} is not one of none, speech")
 
 
 @dataclass
@@ -139,7 +147,7 @@ def lm_config_to_dict(cfg: LMConfig) -> dict:
 def open_corpus(d: LMDataConfig) -> TextCorpus:
     return build_corpus(d.source, d.level, path=d.path or None, cache_dir=d.cache_dir or None,
                         max_chars=d.max_chars, vocab_size=d.vocab_size, min_count=d.min_count,
-                        fractions=tuple(d.split), seed=d.seed)
+                        fractions=tuple(d.split), seed=d.seed, exclude=tuple(d.exclude), normalize=d.normalize)
 
 
 def model_from_config(m: LMModelConfig, vocab_size: int) -> RecurrentLM:
