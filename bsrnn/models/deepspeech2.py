@@ -203,6 +203,11 @@ PRESETS: dict[str, ModelSpec] = {
     "gru96": ModelSpec("gru", 96, 3),
     "gru64": ModelSpec("gru", 64, 3),
     "gru32": ModelSpec("gru", 32, 2),  # tests
+    # Unidirectional CPU presets: the paper's deployable design (forward GRUs + a row conv looking
+    # 10 output frames, 200 ms, ahead), which can stream (docs/deployment.md §3).
+    "gru256u": ModelSpec("gru", 256, 3, False, 10),
+    "gru128u": ModelSpec("gru", 128, 3, False, 10),
+    "gru64u": ModelSpec("gru", 64, 2, False, 4),  # tests
     "rnn384": ModelSpec("rnn", 384, 5),
     "rnn256": ModelSpec("rnn", 256, 3),
     "rnn64": ModelSpec("rnn", 64, 2),  # tests
