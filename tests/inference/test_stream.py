@@ -59,7 +59,7 @@ def test_streamed_log_probs_and_text_equal_offline(case, runtime, speech):
     tr = Transcriber(speech.exported(speech.random_model(preset, **kw)), runtime=runtime)
     x = wave()
     off = tr.transcribe(x, keep_log_probs=True)
-    assert float(off.log_probs.std(0).max()) > 0.1 and len(set(off.log_probs.argmax(-1).tolist())) > 1
+    assert float(off.log_probs.std(0).max()) > 0.05 and len(set(off.log_probs.argmax(-1).tolist())) > 1
     for chunk_ms in (10, 130, 200, 500, 5000):
         pieces = []
         st = tr.transcribe_stream(x, chunk_ms=chunk_ms, keep_log_probs=True, on_text=pieces.append)
