@@ -84,6 +84,8 @@ BENCHES = {
             "bsrnn.bench.gpu"),
     "overhead": ("training-step cost of the sparsity methods (mask updates, mask application, group lasso)",
                  "bsrnn.bench.overhead"),
+    "transcribe": ("whole speech models at batch 1: real-time factor, dense vs sparse runtime, offline and "
+                   "streaming, CER per decoder", "bsrnn.bench.transcribe"),
 }
 
 

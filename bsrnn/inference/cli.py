@@ -38,7 +38,10 @@ def _export(args) -> int:
     model.load_state_dict(state)
     sp = cfg.sparsity
     block = parse_block(args.block) if args.block else tuple(sp.block)
-    exp = export_model(model, block, include=args.include or sp.include, exclude=args.exclude or sp.exclude,
+    exclude = args.exclude if args.exclude is not None else list(sp.exclude)
+    if args.exclude is None and "output.*" not in exclude:
+        exclude.append("output.*")  # the CTC output layer is never pruned (29 rows: no block height tiles it)
+    exp = export_model(model, block, include=args.include or sp.include, exclude=exclude,
                        config=json.loads(cfg_json) if isinstance(cfg_json, str) else dict(cfg_json), dtype=args.dtype)
     if not args.weights_only:
         exp.speech = speech_section(model, args.stats or Path(args.checkpoint).parent / "stats.json")
@@ -84,7 +87,7 @@ def register(subparsers) -> None:
     p.add_argument("out", type=Path, help="output file (.safetensors)")
     p.add_argument("--block", help="block shape, e.g. 4x4 (default: the run's sparsity.block)")
     p.add_argument("--include", nargs="*", default=None, help="parameter globs stored block-sparse (default: the run's)")
-    p.add_argument("--exclude", nargs="*", default=None, help="parameter globs kept dense (default: the run's)")
+    p.add_argument("--exclude", nargs="*", default=None, help="parameter globs kept dense (default: the run's, and output.* for a speech model)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
                    help="block values: fp32 (exact), bf16, or int8 with one scale per block row (docs/kernels.md §2)")
     p.add_argument("--stats", type=Path, default=None,
