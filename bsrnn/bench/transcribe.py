@@ -31,7 +31,6 @@ from ..data.text import ALPHABET, BLANK
 from ..inference import export_model, load
 from ..inference.speech import speech_header
 from ..inference.transcribe import Transcriber
-from . import roofline as rf
 
 PAPER = "gru2560-95%-random"
 
@@ -165,6 +164,8 @@ def _markdown(res: dict) -> str:
 
 
 def run(args) -> int:
+    from . import roofline as rf  # numba: imported when the benchmark runs, not when the parser is built
+
     threads = args.threads
     rf.set_threads(threads)
     limit, repeats = (3, 1) if args.quick else (args.limit, args.repeats)

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
         "log.tensorboard=false", "log.every=50"]))
     out = root / "model.safetensors"
     assert main(["export", str(run / "best.pt"), str(out)]) == 0
-    return corpus, out
+    return corpus, out, run
 
 
 def _json_lines(text):
@@ -46,7 +46,7 @@ def _json_lines(text):
 
 
 def test_transcribe_recovers_the_text_offline_and_streaming(trained, capsys):
-    corpus, model = trained
+    corpus, model, _ = trained
     assert load(model).speech["architecture"]["bidirectional"] is False  # the whole model is in the file
     manifest = corpus / "train.jsonl"
     results = {}
@@ -109,3 +109,25 @@ def test_bad_models_and_options_are_one_sentence(speech, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], (argv, err)
+
+
+def test_make_example_exports_the_run_and_writes_its_card(trained, tmp_path):
+    """scripts/make_example.py: the example file and a model card whose CER is the exported file's."""
+    import importlib.util
+    from pathlib import Path
+
+    corpus, _, run = trained
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_example.py"
+    spec = importlib.util.spec_from_file_location("make_example", script)
+    make_example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_example)
+    assert make_example.main([str(run / "best.pt"), "--out-dir", str(tmp_path), "--corpus", str(corpus),
+                              "--splits", "train", "--name", "tiny", "--provisional"]) == 0
+    card = (tmp_path / "tiny.md").read_text()
+    exp = load(tmp_path / "tiny.safetensors")
+    assert exp.speech is not None and exp.config["train"]["run_dir"] == f"runs/{run.name}"  # no outside folder
+    row = next(line for line in card.splitlines() if line.startswith("| train |"))
+    cer = float(row.split("|")[3])
+    assert 0 <= cer < 15.0 and "Provisional example" in card and "gru64u" in card
+    assert f"{(tmp_path / 'tiny.safetensors').stat().st_size / 1e6:.2f} MB" in card
+    assert str(run.parent) not in card  # the card names the run, not the folder it was trained in
