@@ -47,11 +47,12 @@ def score(tr, manifest: Path, limit: int = 0) -> dict:
 
 
 def shown(path: Path) -> str:
-    """A path as the card shows it: relative to the repository when inside it."""
+    """A path as the card shows it: relative to the repository when inside it, else its last two
+    parts only (a card never names folders outside the repository)."""
     try:
         return path.resolve().relative_to(ROOT).as_posix()
     except ValueError:
-        return path.as_posix()
+        return short(path)
 
 
 def short(path: Path) -> str:
@@ -161,9 +162,8 @@ def main(argv=None) -> int:
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     info_path = args.corpus / "corpus.json"
     corpus_info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    given = [str(args.checkpoint) if a == str(args.checkpoint) else a for a in (argv if argv is not None else sys.argv[1:])]
-    command = "python scripts/make_example.py " + " ".join(
-        short(a) if a == str(args.checkpoint) else (shown(Path(a)) if a == str(args.out_dir) else a) for a in given)
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python scripts/make_example.py " + " ".join(shown(Path(a)) if a.startswith("/") else a for a in given)
     text = card(name, args.checkpoint, model_path, exp, scores, cfg, report, corpus_info, args.provisional, command)
     write_text(text, args.out_dir / f"{name}.md")
     print(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB) and {args.out_dir / (name + '.md')}")
