@@ -68,7 +68,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisional, command) -> str:
+def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisional, command, position="?") -> str:
     m, a = cfg.get("model", {}), exp.speech["architecture"]
     sp, tr = cfg.get("sparsity", {}), cfg.get("train", {})
     params = sum(t.numel() for n, t in exp.state_dict().items() if "running" not in n and "num_batches" not in n)
@@ -100,7 +100,7 @@ def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisio
               "from the training prompts; `test_unseen_voices` uses voices never heard in training. It has never heard "
               "a human voice: expect poor results on real recordings (see the pocketsphinx row).", "",
               "## Recipe", "",
-              f"- Checkpoint `{short(ckpt)}` of the run; {tr.get('epochs')} epochs, batch {tr.get('batch_size')}, optimiser "
+              f"- Checkpoint `{short(ckpt)}` of the run, saved at {position}; recipe {tr.get('epochs')} epochs, batch {tr.get('batch_size')}, optimiser "
               f"{cfg.get('optim', {}).get('name')} lr {cfg.get('optim', {}).get('lr')}, precision {tr.get('precision')}.",
               "- Resolved training configuration: in the file's header (`bsrnn.inference.load(path).config`).", "",
               "## Accuracy (this exported file, sparse runtime, greedy CTC, offline)", "",
@@ -164,7 +164,12 @@ def main(argv=None) -> int:
     corpus_info = json.loads(info_path.read_text()) if info_path.is_file() else None
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/make_example.py " + " ".join(shown(Path(a)) if a.startswith("/") else a for a in given)
-    text = card(name, args.checkpoint, model_path, exp, scores, cfg, report, corpus_info, args.provisional, command)
+    from bsrnn.train.checkpoint import load_checkpoint
+
+    pos = load_checkpoint(args.checkpoint).get("position", {})
+    position = f"step {pos.get('step')}, epoch {pos.get('epoch')}"
+    text = card(name, args.checkpoint, model_path, exp, scores, cfg, report, corpus_info, args.provisional, command,
+                position)
     write_text(text, args.out_dir / f"{name}.md")
     print(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB) and {args.out_dir / (name + '.md')}")
     for split, s in scores.items():

@@ -3,6 +3,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,16 +20,22 @@ HAVE_TTS = shutil.which("espeak-ng") is not None or shutil.which("flite") is not
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A unidirectional GRU + row conv overfitted to 4 TTS utterances, exported by ``bsrnn export``."""
+def corpus(tmp_path_factory):
+    """Ten TTS utterances of the prompts above (train holds 4)."""
     if not HAVE_TTS:
         pytest.skip("needs espeak-ng or flite to synthesize the test utterances")
-    from bsrnn.train import load_config, train
-
-    root = tmp_path_factory.mktemp("transcribe")
-    corpus = root / "corpus"
+    corpus = tmp_path_factory.mktemp("transcribe") / "corpus"
     synthesize(corpus, n_utts=10, dev_size=2, test_size=2, unseen_voice_test_size=2, prompts=PROMPTS,
                workers=1, progress=False, seed=3)
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    """A unidirectional GRU + row conv overfitted to 4 TTS utterances, exported by ``bsrnn export``."""
+    from bsrnn.train import load_config, train
+
+    root = corpus.parent
     run = root / "run"
     train(load_config(None, [
         f"data.corpus={corpus}", f"train.run_dir={run}", "data.dev=train", "data.test=['train']",
@@ -114,7 +121,6 @@ def test_bad_models_and_options_are_one_sentence(speech, tmp_path, capsys):
 def test_make_example_exports_the_run_and_writes_its_card(trained, tmp_path):
     """scripts/make_example.py: the example file and a model card whose CER is the exported file's."""
     import importlib.util
-    from pathlib import Path
 
     corpus, _, run = trained
     script = Path(__file__).resolve().parents[2] / "scripts" / "make_example.py"
@@ -131,3 +137,22 @@ def test_make_example_exports_the_run_and_writes_its_card(trained, tmp_path):
     assert 0 <= cer < 15.0 and "Provisional example" in card and "gru64u" in card
     assert f"{(tmp_path / 'tiny.safetensors').stat().st_size / 1e6:.2f} MB" in card
     assert str(run.parent) not in card  # the card names the run, not the folder it was trained in
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_committed_example_transcribes_unheard_tts_utterances(corpus, capsys):
+    """examples/: a whole block-sparse speech model under 1 MB with its card; on these ten prompts,
+    none of them in its training data, it gets most characters right."""
+    (model,) = sorted(EXAMPLES.glob("*.safetensors"))
+    assert model.stat().st_size < 1_000_000 and model.with_suffix(".md").is_file()
+    exp = load(model)
+    assert exp.speech is not None and all(m.density < 0.3 for m in exp.sparse.values())  # block-pruned
+    rows = [json.loads(line) for split in ("train", "dev", "test", "test_unseen_voices")
+            for line in (corpus / f"{split}.jsonl").read_text().splitlines()]
+    manifest = corpus / "all.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["transcribe", str(model), "--manifest", str(manifest), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])["summary"]
+    assert summary["utterances"] == 10 and summary["cer"] < 60.0, summary
