@@ -64,7 +64,14 @@ def commands(parser: argparse.ArgumentParser | None = None) -> dict[str, argpars
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # A command whose trailing file list may come after its options (``bsrnn transcribe M --stream
+    # a.wav b.wav``) names that list in ``files_dest``: argparse fills a positional list only once.
+    dest = getattr(args, "files_dest", None)
+    if extra and dest and not any(e.startswith("-") for e in extra):
+        getattr(args, dest).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -86,6 +86,8 @@ BENCHES = {
                  "bsrnn.bench.overhead"),
     "decode": ("CER/WER of greedy, beam and beam + character-LM CTC decoding on the test splits",
                "bsrnn.bench.decode"),
+    "transcribe": ("whole speech models at batch 1: real-time factor, dense vs sparse runtime, offline and "
+                   "streaming, CER per decoder", "bsrnn.bench.transcribe"),
 }
 
 

@@ -13,7 +13,9 @@ File format: one safetensors file (never pickle, so loading runs no code). Array
 ``<param>.values|indices|indptr[|scales]`` for sparse matrices and ``<param>`` for dense tensors; the
 safetensors metadata key ``bsrnn`` holds a JSON header: format version, per-matrix shape, block,
 gate slices (a block never straddles two gates, docs/method.md §6), kind and nnzb; the recurrent
-modules' hyper-parameters (so ``rnn.py`` can rebuild them) and the source config. ``load``
+modules' hyper-parameters (so ``rnn.py`` can rebuild them) and the source config; since version 2
+optionally a ``speech`` section (features, normalisation statistics, alphabet, architecture) that
+makes the file a whole speech model on its own (``speech.py``, docs/deployment.md). ``load``
 checks the header against the arrays and raises one clear ``ValueError`` when they disagree.
 """
 
@@ -34,7 +36,8 @@ from ..atomic import atomic_path
 from ..sparsity.blocks import Block, as_matrix, gate_rows, parse_block
 
 FORMAT = "bsrnn-bsr"
-VERSION = 1
+VERSION = 2  # 2: adds the optional ``speech`` section (docs/deployment.md §1); 1 is still read
+READ_VERSIONS = (1, 2)
 
 
 @dataclass(eq=False)
@@ -212,7 +215,13 @@ def to_bsr(weight: torch.Tensor | np.ndarray, block: Block | int | str, gates: i
 
 
 def recurrent_config(module: nn.Module) -> dict | None:
-    """The hyper-parameters needed to rebuild an ``nn.RNN/GRU/LSTM`` (None for other modules)."""
+    """The hyper-parameters needed to rebuild an ``nn.RNN/GRU/LSTM`` (None for other modules).
+
+    A recurrent layer written by hand (DeepSpeech2's clipped-ReLU RNN) describes itself through
+    ``bsrnn_recurrent_config()``, in the same keys plus ``clip`` and ``bias_layout``."""
+    own = getattr(module, "bsrnn_recurrent_config", None)
+    if callable(own):
+        return dict(own())
     if not isinstance(module, nn.RNNBase):
         return None
     mode = {"GRU": "GRU", "LSTM": "LSTM"}.get(module.mode, "RNN")
@@ -234,6 +243,16 @@ class ExportedModel:
     dense: dict[str, torch.Tensor]
     modules: dict[str, dict] = field(default_factory=dict)  # recurrent module configs by name
     config: dict = field(default_factory=dict)  # the source run's resolved config
+    speech: dict | None = None  # v2: what a whole speech model needs besides tensors (inference/speech.py)
+    version: int = VERSION  # the format version the file was written in
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One parameter in dense form, wherever it is stored (sparse or dense)."""
+        if name in self.sparse:
+            return self.sparse[name].to_dense()
+        if name in self.dense:
+            return self.dense[name]
+        raise ValueError(f"exported model has no tensor {name!r}")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor back in dense form, ready for ``model.load_state_dict``."""
@@ -279,8 +298,11 @@ def _header(exp: ExportedModel) -> dict:
         sparse[n] = {"shape": list(m.shape), "block": list(m.block), "gates": m.gates, "nnzb": m.nnzb, "dtype": m.dtype,
                      "gate_slices": [[s.start, s.stop] for s in gate_rows(m.matrix_shape[0], m.gates)]}
     dense = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for n, t in exp.dense.items()}
-    return {"format": FORMAT, "version": VERSION, "sparse": sparse, "dense": dense,
+    head = {"format": FORMAT, "version": VERSION, "sparse": sparse, "dense": dense,
             "modules": exp.modules, "config": exp.config}
+    if exp.speech is not None:
+        head["speech"] = exp.speech
+    return head
 
 
 def save(exp: ExportedModel, path: str | os.PathLike) -> Path:
@@ -319,8 +341,9 @@ def load(path: str | os.PathLike) -> ExportedModel:
         head = json.loads(meta["bsrnn"])
     except (KeyError, json.JSONDecodeError):
         raise ValueError(f"{path}: no bsrnn JSON header in the safetensors metadata; was it written by bsrnn export?") from None
-    if head.get("format") != FORMAT or head.get("version") != VERSION:
-        raise ValueError(f"{path}: header format {head.get('format')!r} v{head.get('version')} is not {FORMAT!r} v{VERSION}")
+    if head.get("format") != FORMAT or head.get("version") not in READ_VERSIONS:
+        raise ValueError(f"{path}: header format {head.get('format')!r} v{head.get('version')} is not {FORMAT!r} "
+                         f"v{' or v'.join(map(str, READ_VERSIONS))}")
 
     def take(key: str) -> torch.Tensor:
         if key not in arrays:
@@ -357,4 +380,5 @@ def load(path: str | os.PathLike) -> ExportedModel:
         dense[n] = t
     if arrays:
         raise ValueError(f"{path}: arrays {sorted(arrays)[:5]} are not described by the header")
-    return ExportedModel(sparse, dense, head.get("modules", {}), head.get("config", {}))
+    return ExportedModel(sparse, dense, head.get("modules", {}), head.get("config", {}), head.get("speech"),
+                         int(head["version"]))

@@ -245,14 +245,18 @@ class SparseRecurrent(nn.Module):
         if cfg.get("proj_size"):
             raise ValueError(f"{prefix or 'module'}: LSTM with proj_size is not supported by the sparse runtime")
         G = GATES[cfg["type"]]
+        # "single": one bias per direction, bias_l{k} (the clipped-ReLU RNN); else nn.RNN's two
+        single = cfg.get("bias_layout") == "single"
         weights = []
         for layer in range(cfg["num_layers"]):
             dirs = []
             for sfx in ("", "_reverse")[: 2 if cfg["bidirectional"] else 1]:
                 d = {}
                 for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    name = f"{prefix}{key}_l{layer}{sfx}"
-                    v = get(name) if (cfg.get("bias", True) or key.startswith("weight")) else None
+                    stored = "bias" if single and key == "bias_ih" else key
+                    name = f"{prefix}{stored}_l{layer}{sfx}"
+                    wanted = key.startswith("weight") or (cfg.get("bias", True) and not (single and key == "bias_hh"))
+                    v = get(name) if wanted else None
                     if key.startswith("weight"):
                         m = v if isinstance(v, BsrMatrix) else to_bsr(v, _tiling(v, block, G), G, name=name)
                         d["w" + key[6:]] = m if dtype is None or m.dtype == dtype else quantize(m, dtype)
@@ -261,15 +265,18 @@ class SparseRecurrent(nn.Module):
                 dirs.append(d)
             weights.append(dirs)
         return cls(cfg["type"], cfg["input_size"], cfg["hidden_size"], weights, batch_first=cfg["batch_first"],
-                   nonlinearity=cfg.get("nonlinearity", "tanh"), clip=clip, kernel=kernel)
+                   nonlinearity=cfg.get("nonlinearity", "tanh"), clip=cfg.get("clip") if clip is None else clip,
+                   kernel=kernel)
 
     @classmethod
-    def from_module(cls, module: nn.RNNBase, block=(4, 4), *, clip=None, kernel: str = "cpu", dtype: str = "fp32"):
-        """Sparse copy of a dense(-with-zeros) ``nn.RNN/GRU/LSTM``: exactly its nonzero blocks, block
-        values in ``dtype`` (fp32: exact; bf16 / int8: ``export.quantize``)."""
+    def from_module(cls, module: nn.Module, block=(4, 4), *, clip=None, kernel: str = "cpu", dtype: str = "fp32"):
+        """Sparse copy of a dense(-with-zeros) ``nn.RNN/GRU/LSTM``, or of a layer describing itself
+        through ``bsrnn_recurrent_config()`` (DeepSpeech2's clipped-ReLU RNN): exactly its nonzero
+        blocks, block values in ``dtype`` (fp32: exact; bf16 / int8: ``export.quantize``)."""
         cfg = recurrent_config(module)
         if cfg is None:
-            raise ValueError(f"{type(module).__name__} is not an nn.RNN, nn.GRU or nn.LSTM")
+            raise ValueError(f"{type(module).__name__} is not an nn.RNN, nn.GRU or nn.LSTM and has no "
+                             "bsrnn_recurrent_config()")
         params = dict(module.named_parameters())
         return cls.from_tensors(cfg, params.__getitem__, block, clip=clip, kernel=kernel,
                                 dtype=None if dtype in ("fp32", "float32") else dtype)
@@ -304,7 +311,9 @@ def _tiling(w: torch.Tensor, block, gates: int):
 
 def sparsify_(model: nn.Module, exported: ExportedModel | None = None, *, block=(4, 4), clip=None,
               kernel: str = "cpu", dtype: str = "fp32") -> list[str]:
-    """Replace every ``nn.RNN/GRU/LSTM`` of ``model`` by a ``SparseRecurrent`` (in place).
+    """Replace every ``nn.RNN/GRU/LSTM`` of ``model``, and every layer that describes itself
+    through ``bsrnn_recurrent_config()`` (DeepSpeech2's clipped-ReLU RNN), by a ``SparseRecurrent``
+    (in place).
 
     Weights come from ``exported`` when given (the module names must match), else from the
     module itself, with block values in ``dtype`` (an exported file keeps its own). Returns the
@@ -314,7 +323,9 @@ def sparsify_(model: nn.Module, exported: ExportedModel | None = None, *, block=
     """
     replaced = []
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.RNNBase):
+        if isinstance(module, SparseRecurrent) or recurrent_config(module) is None:
+            continue
+        if any(name.startswith(r + ".") for r in replaced):
             continue
         new = (SparseRecurrent.from_exported(exported, name, clip=clip, kernel=kernel) if exported is not None
                else SparseRecurrent.from_module(module, block, clip=clip, kernel=kernel, dtype=dtype))

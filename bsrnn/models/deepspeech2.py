@@ -97,6 +97,7 @@ class ClippedReLURNN(nn.Module):
     def __init__(self, input_size: int, hidden: int, layers: int, bidirectional: bool = True):
         super().__init__()
         self.hidden, self.layers, self.dirs = hidden, layers, 2 if bidirectional else 1
+        self.input_size = input_size
         prunable = []
         for k in range(layers):
             d_in = input_size if k == 0 else hidden * self.dirs
@@ -109,6 +110,12 @@ class ClippedReLURNN(nn.Module):
         bound = 1.0 / math.sqrt(hidden)  # nn.RNN's initialisation
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+
+    def bsrnn_recurrent_config(self) -> dict:
+        """How an export describes this layer (``nn.RNN``'s keys; one bias per direction, the clip)."""
+        return {"type": "RNN", "input_size": self.input_size, "hidden_size": self.hidden,
+                "num_layers": self.layers, "bidirectional": self.dirs == 2, "batch_first": False,
+                "bias": True, "nonlinearity": "relu", "clip": CLIP, "bias_layout": "single"}
 
     mm_dtype: torch.dtype | None = None  # per-step product dtype (None: the weights'); the state stays fp32
 
@@ -196,6 +203,11 @@ PRESETS: dict[str, ModelSpec] = {
     "gru96": ModelSpec("gru", 96, 3),
     "gru64": ModelSpec("gru", 64, 3),
     "gru32": ModelSpec("gru", 32, 2),  # tests
+    # Unidirectional CPU presets: the paper's deployable design (forward GRUs + a row conv looking
+    # 10 output frames, 200 ms, ahead), which can stream (docs/deployment.md §3).
+    "gru256u": ModelSpec("gru", 256, 3, False, 10),
+    "gru128u": ModelSpec("gru", 128, 3, False, 10),
+    "gru64u": ModelSpec("gru", 64, 2, False, 4),  # tests
     "rnn384": ModelSpec("rnn", 384, 5),
     "rnn256": ModelSpec("rnn", 256, 3),
     "rnn64": ModelSpec("rnn", 64, 2),  # tests

@@ -85,3 +85,31 @@ def test_overhead_measures_every_row_and_restores_the_padded_path():
     assert set(res["median_s"]) == {"train_step", "train_step_packed", "bp_update", "bp_apply", "gl_penalty"}
     assert all(v > 0 for v in res["median_s"].values())
     assert res["packed_over_padded"] > 0 and set(res["meets_goals"]) == set(overhead.GOALS)
+
+
+def test_bench_transcribe_writes_rows_with_the_required_fields(tmp_path, speech, capsys):
+    """The plumbing of ``bsrnn bench transcribe`` on a tiny unidirectional model and two noise
+    utterances (no timing is asserted): every configuration is a row, both result files exist."""
+    import soundfile as sf
+
+    from bsrnn.cli import main
+
+    model = speech.saved(speech.random_model("gru64u"), tmp_path / "uni.safetensors")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, text in enumerate(["a cat", "the dog"]):
+        sf.write(tmp_path / f"u{i}.wav", (0.1 * rng.standard_normal(12000)).astype(np.float32), 16000)
+        lines.append(json.dumps({"id": f"u{i}", "path": f"u{i}.wav", "text": text, "duration": 0.75}))
+    (tmp_path / "test.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["bench", "transcribe", "--models", str(model), "--no-paper", "--corpus", str(tmp_path),
+                 "--repeats", "2", "--chunk-ms", "100", "--out", str(out)]) == 0
+    res = json.loads((out / "transcribe.json").read_text())
+    rows = res["rows"]
+    assert {(r["runtime"], r["mode"]) for r in rows} == {(a, b) for a in ("dense", "sparse") for b in ("offline", "stream")}
+    for r in rows:
+        assert {"model", "runtime", "mode", "decoder", "rtf", "cer"} <= set(r) and r["model"] == "uni"
+        assert r["rtf"] > 0 and r["utterances"] == 2 and r["max_abs_diff_vs_dense_offline"] < 1e-4
+    assert all(r["chunk_latency_ms_median"] > 0 for r in rows if r["mode"] == "stream")
+    assert res["threads"] == 1 and "loadavg_start" in res["info"]
+    assert "| uni | sparse | stream | greedy |" in (out / "transcribe.md").read_text()

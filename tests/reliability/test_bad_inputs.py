@@ -37,6 +37,8 @@ its test lives (benchmarks/reliability.md records the messages):
  29   batch size that leaves a rank without data        tests/train/test_distributed.py::test_a_batch_size_that_starves_a_rank_...
  30   ranks whose masks diverge                         tests/train/test_distributed.py::test_sync_batchnorm_... (RankDivergence)
  31   CLI: bad input exits 2 with one line              tests/train/test_config.py::test_the_command_line_...; here for eval and train
+ 32   transcribe: missing/empty/corrupt/short audio     tests/inference/test_transcribe.py::test_bad_files_get_one_line_each_and_the_next_file_goes_on
+ 33   transcribe: v1 / weights-only export, bi stream   tests/inference/test_speech.py::test_version_1_...; test_transcribe.py::test_bad_models_...
 ====  ================================================  ===========================================================
 """
 
