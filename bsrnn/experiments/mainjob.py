@@ -144,7 +144,7 @@ def run_main_job(corpus: str = "data/corpus", runs: str = "runs/main", out: str 
         print(f"{r.name}: {r.status} ({r.seconds / 60:.1f} min); log {r.log}", flush=True)
     rows = [result_row(json.loads((Path(runs) / name / "report.json").read_text()), label) for name, label in runs_made]
     table = paper_table(rows)
-    command = "bsrnn main " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["main"] \
+    command = ("bsrnn main " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip() if sys.argv[1:2] == ["main"] \
         else "bsrnn main"
     total = time.perf_counter() - started
     result = {"command": command, "rows": rows, "test_split": TEST_SPLIT, "corpus": str(corpus),
