@@ -157,6 +157,16 @@ def beam_hypotheses(log_probs, *, alphabet, beam: int = 16, lm=None, lm_weight: 
     if lp.shape[0] == 0:
         return [Hypothesis("", 0.0, 0.0, 0.0)]
     cands = _candidates(lp, prune, beam if prune is not None else lp.shape[1], blank)
+    if lm is None:
+        return _search(lp, symbols, cands, beam, None, 0.0, 0.0, blank)
+    from .lm import one_blas_thread
+
+    with one_blas_thread():  # the LM's small matmuls: BLAS threads only cost (docs/decoding.md §5)
+        return _search(lp, symbols, cands, beam, lm, lm_weight, bonus, blank)
+
+
+def _search(lp: np.ndarray, symbols: list[str], cands: list[list[int]], beam: int, lm, lm_weight: float,
+            bonus: float, blank: int) -> list[Hypothesis]:
     rows = lp.tolist()
     weight = lm_weight if lm is not None else 0.0
     ins = bonus if lm is not None else 0.0

@@ -149,6 +149,22 @@ class NumpyStep:
         return logits, list(new)
 
 
+_BLAS = None
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread. The LM step multiplies a batch of at
+    most ``beam`` states (a few dozen kFLOP); a multi-threaded BLAS hands each such product to its
+    worker threads, and on a busy machine waiting for them cost ~50x the product itself
+    (docs/decoding.md §5). The hypotheses came out bit-identical either way on real model output."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)
 
