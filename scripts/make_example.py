@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a trained speech model as the repository's example model, with its model card.
 
-    .venv/bin/python scripts/make_example.py runs/main/main_bp/best.pt            # -> examples/gru128-bp.*
+    .venv/bin/python scripts/make_example.py runs/main/main_bp/best.pt --dtype int8   # -> examples/gru256-bp.*
     .venv/bin/python scripts/make_example.py CKPT --name NAME --corpus data/corpus --provisional
 
 Steps: ``bsrnn export CHECKPOINT examples/NAME.safetensors`` (the self-contained speech file);
@@ -9,6 +9,8 @@ score that file — not the checkpoint — with ``bsrnn.inference.Transcriber`` 
 greedy, offline) on the corpus's test splits and, where Debian's pocketsphinx-testdata is
 installed, on its 10 real read sentences; write ``examples/NAME.md``: data, recipe, CER, size and
 how it was made (docs/deployment.md §4). ``--provisional`` marks the card as a stand-in.
+``--dtype bf16|int8`` stores the block values quantised (``bsrnn export --dtype``); the fp32
+export of the same checkpoint is then scored too, so the card states what quantisation costs.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisional, command, position="?") -> str:
+def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisional, command, position="?",
+         dtype="fp32", reference=None) -> str:
     m, a = cfg.get("model", {}), exp.speech["architecture"]
     sp, tr = cfg.get("sparsity", {}), cfg.get("train", {})
     params = sum(t.numel() for n, t in exp.state_dict().items() if "running" not in n and "num_batches" not in n)
@@ -92,7 +95,9 @@ def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisio
               f"- Parameters: {params:,}; nonzero {nonzero:,} ({100 * (1 - nonzero / params):.1f} % zero).",
               f"- Sparsity method `{sp.get('method')}`, blocks {sp.get('block')}, target {sp.get('target')}; per matrix "
               f"density: " + ", ".join(f"{r['name'].removeprefix('rnn.')} {r['density']:.0%}" for r in rec) + ".",
-              f"- File size: {model_path.stat().st_size / 1e6:.2f} MB.", "",
+              f"- File size: {model_path.stat().st_size / 1e6:.2f} MB"
+              + (f" (block values in {dtype}" + (", one scale per block row" if dtype == "int8" else "")
+                 + f"; the fp32 export is {reference['size_mb']:.2f} MB)" if reference else "") + ".", "",
               "## Data", "",
               "Trained on bsrnn's embedded TTS corpus (`bsrnn data synth`): WordNet example phrases voiced by espeak-ng "
               "and flite voices at 16 kHz with white noise at 10–30 dB SNR"
@@ -107,6 +112,10 @@ def card(name, ckpt, model_path, exp, scores, cfg, report, corpus_info, provisio
               "| Split | Utterances | CER % | WER % | RTF (1 thread) |", "|---|---:|---:|---:|---:|"]
     for split, s in scores.items():
         lines.append(f"| {split} | {s['utterances']} | {s['cer']:.2f} | {s['wer']:.2f} | {s['rtf']:.4f} |")
+    if reference:
+        lines += ["", f"Quantisation: the same checkpoint exported with fp32 block values scores "
+                  + ", ".join(f"{k} {v['cer']:.2f} % ({scores[k]['cer'] - v['cer']:+.2f} points in {dtype})"
+                              for k, v in reference["scores"].items() if k in scores) + "."]
     if report and report.get("splits"):
         lines += ["", "Training run's own report (checkpoint, PyTorch): " + ", ".join(
             f"{k} CER {v['cer']:.2f} %" for k, v in report["splits"].items()) + "."]
@@ -126,6 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--splits", nargs="*", default=["test", "test_unseen_voices"])
     p.add_argument("--limit", type=int, default=0, help="first N utterances per split (default all)")
     p.add_argument("--provisional", action="store_true", help="mark the card as a provisional stand-in")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="block values of the export; bf16/int8 also score the fp32 export for comparison")
     args = p.parse_args(argv)
 
     from bsrnn.data.importers import POCKETSPHINX_TESTDATA
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
     name = args.name or f"{cfg['model']['preset']}-{cfg['sparsity']['method']}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.out_dir / f"{name}.safetensors"
-    if bsrnn(["export", str(args.checkpoint), str(model_path)]) != 0:
+    if bsrnn(["export", str(args.checkpoint), str(model_path), "--dtype", args.dtype]) != 0:
         return 1
     exp = load(model_path)
     run_dir = exp.config.get("train", {}).get("run_dir")
@@ -145,19 +156,29 @@ def main(argv=None) -> int:
 
         exp.config["train"]["run_dir"] = f"runs/{Path(run_dir).name}"
         save(exp, model_path)
-    tr = Transcriber(exp, name=str(model_path))
-    tr.warmup()
-    scores = {}
-    for split in args.splits:
-        manifest = args.corpus / f"{split}.jsonl"
-        if manifest.is_file():
-            scores[split] = score(tr, manifest, args.limit)
-    if POCKETSPHINX_TESTDATA.is_dir():
-        import tempfile
+    import tempfile
 
+    def score_all(path: Path) -> dict:
+        tr = Transcriber(load(path), name=str(path))
+        tr.warmup()
+        scores = {}
+        for split in args.splits:
+            manifest = args.corpus / f"{split}.jsonl"
+            if manifest.is_file():
+                scores[split] = score(tr, manifest, args.limit)
+        if POCKETSPHINX_TESTDATA.is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                if bsrnn(["data", "import-pocketsphinx", "--out", tmp]) == 0:
+                    scores["pocketsphinx-testdata (real speech)"] = score(tr, next(Path(tmp).glob("*.jsonl")))
+        return scores
+
+    scores, reference = score_all(model_path), None
+    if args.dtype != "fp32":  # what quantisation costs, on the same utterances
         with tempfile.TemporaryDirectory() as tmp:
-            if bsrnn(["data", "import-pocketsphinx", "--out", tmp]) == 0:
-                scores["pocketsphinx-testdata (real speech)"] = score(tr, next(Path(tmp).glob("*.jsonl")))
+            fp32_path = Path(tmp) / "fp32.safetensors"
+            if bsrnn(["export", str(args.checkpoint), str(fp32_path)]) != 0:
+                return 1
+            reference = {"size_mb": fp32_path.stat().st_size / 1e6, "scores": score_all(fp32_path)}
     report_path = args.checkpoint.parent / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     info_path = args.corpus / "corpus.json"
@@ -169,11 +190,12 @@ def main(argv=None) -> int:
     pos = load_checkpoint(args.checkpoint).get("position", {})
     position = f"step {pos.get('step')}, epoch {pos.get('epoch')}"
     text = card(name, args.checkpoint, model_path, exp, scores, cfg, report, corpus_info, args.provisional, command,
-                position)
+                position, args.dtype, reference)
     write_text(text, args.out_dir / f"{name}.md")
     print(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB) and {args.out_dir / (name + '.md')}")
     for split, s in scores.items():
-        print(f"  {split}: CER {s['cer']:.2f} %  WER {s['wer']:.2f} %  ({s['utterances']} utterances)")
+        ref = f"  fp32 export {reference['scores'][split]['cer']:.2f} %" if reference and split in reference["scores"] else ""
+        print(f"  {split}: CER {s['cer']:.2f} %  WER {s['wer']:.2f} %  ({s['utterances']} utterances){ref}")
     return 0
 
 

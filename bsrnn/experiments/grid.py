@@ -27,6 +27,7 @@ class Scale:
     freq: int  # mask update period
     batch_size: int = 24
     conv_channels: int = 32  # channels of both conv layers (the front end is ~40 % of a step)
+    subsample: int = 1  # conv output frames stacked into one recurrent step (model.subsample)
     # pruning window (start, ramp, end) as fractions of training, per family: start once the
     # family has left CTC's all-blank phase (docs/training-on-cpu.md §8), keep the rest to recover
     prune_window: dict = field(default_factory=lambda: {"gru": (0.25, 0.4, 0.55), "rnn": (0.25, 0.4, 0.55)})
@@ -59,6 +60,9 @@ SCALES = {
     # 5–15 min on one core each: ~5 h on 2 cores, spread over as many sittings as it needs.
     "small": Scale("small", n_utts=4000, epochs=16, widths={"gru": (128, 192), "rnn": (128, 192)},
                    layers={"gru": 3, "rnn": 3}, freq=10, conv_channels=16,
+                   # ×2 time subsampling, as in the main job (benchmarks/main/README.md): half the
+                   # recurrent steps, and the models leave CTC's all-blank phase within an epoch
+                   subsample=2,
                    lr={"gru": 1.5e-3, "rnn": 1.5e-3}, decay=(6, 3), seeds=2,
                    # Both families have left CTC's all-blank phase by 15 % of training (2.4 epochs;
                    # the main job's dense GRU is at 39 % CER after 2 epochs of 5,400 utterances).
@@ -98,7 +102,7 @@ class Run:
 
     def overrides(self, scale: Scale) -> list[str]:
         sets = [f"model.preset={BASE_PRESET[self.family]}", f"model.hidden={self.width}", f"model.layers={scale.layers[self.family]}",
-                f"model.conv_channels={scale.conv_channels}",
+                f"model.conv_channels={scale.conv_channels}", f"model.subsample={scale.subsample}",
                 f"train.epochs={scale.epochs}", f"train.batch_size={scale.batch_size}",
                 f"schedule.decay_start={scale.decay[0]}", f"schedule.decay_every={scale.decay[1]}",
                 f"optim.lr={scale.lr[self.family]}", f"sparsity.method={self.method}",
@@ -119,19 +123,23 @@ class Run:
         return sets
 
 
-def dense_params(family: str, width: int, layers: int, conv_channels: int = 32) -> tuple[int, int]:
+def dense_params(family: str, width: int, layers: int, conv_channels: int = 32, subsample: int = 1) -> tuple[int, int]:
     """(all parameters, parameters of the pruned matrices) of a dense model."""
-    model = build_model(BASE_PRESET[family], hidden=width, layers=layers, conv_channels=conv_channels)
+    model = build_model(BASE_PRESET[family], hidden=width, layers=layers, conv_channels=conv_channels,
+                        subsample=subsample)
     total = sum(p.numel() for p in model.parameters())
     rnn = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("rnn.", "fc.")) and p.dim() == 2)
     return total, rnn
 
 
-def matched_width(family: str, width: int, layers: int, sparsity: float = 0.9, conv_channels: int = 32) -> int:
-    """The dense width whose parameter count is closest to the nonzero count of a sparse model."""
-    total, pruned = dense_params(family, width, layers, conv_channels)
+def matched_width(family: str, width: int, layers: int, sparsity: float = 0.9, conv_channels: int = 32,
+                  subsample: int = 1) -> int:
+    """The dense width whose parameter count is closest to the nonzero count of a sparse model
+    (``subsample`` stacks frames, which widens the first recurrent layer's input)."""
+    total, pruned = dense_params(family, width, layers, conv_channels, subsample)
     goal = total - sparsity * pruned
-    best = min(range(4, width + 1, 4), key=lambda w: abs(dense_params(family, w, layers, conv_channels)[0] - goal))
+    best = min(range(4, width + 1, 4),
+               key=lambda w: abs(dense_params(family, w, layers, conv_channels, subsample)[0] - goal))
     return best
 
 
@@ -145,7 +153,8 @@ def tables(scale: Scale) -> dict[str, list[Row]]:
                                               "reductions": [], "sweep": []}
     for fam in ("rnn", "gru"):
         w, wide = scale.widths[fam]
-        small = matched_width(fam, wide, scale.layers[fam], conv_channels=scale.conv_channels)
+        small = matched_width(fam, wide, scale.layers[fam], conv_channels=scale.conv_channels,
+                              subsample=scale.subsample)
         out["table1"] += [(f"{fam.upper()} Dense {w}", Run(fam, w)),
                           (f"{fam.upper()} Dense {small}", Run(fam, small)),
                           (f"{fam.upper()} Sparse {w}", Run(fam, w, "bp")),

@@ -61,7 +61,8 @@ def small_width() -> int:
     """The width of a dense model of main_bp's depth whose parameter count is closest to main_bp's
     nonzero count (every recurrent matrix at its target sparsity)."""
     spec, target = bp_model()
-    return matched_width("gru", spec.hidden, spec.layers, sparsity=target, conv_channels=spec.conv_channels)
+    return matched_width("gru", spec.hidden, spec.layers, sparsity=target, conv_channels=spec.conv_channels,
+                         subsample=spec.subsample)
 
 
 def result_row(report: dict, label: str) -> dict:

@@ -398,7 +398,7 @@ def write_report(scale: Scale, runs: Path, out: Path, *, wall_seconds: float, co
         md += [f"Recipe: {any_run.get('train_utterances', '?')} training utterances, {scale.epochs} epochs of batch "
                f"{scale.batch_size} ({steps} steps) per run; {scale.layers['rnn']} bidirectional layers; widths "
                f"W/wide {scale.widths['rnn']} (RNN) and {scale.widths['gru']} (GRU); conv front end with "
-               f"{scale.conv_channels} channels; Adam, lr {scale.lr}; masks updated every {scale.freq} steps; "
+               f"{scale.conv_channels} channels, ×{scale.subsample} time subsampling after it; Adam, lr {scale.lr}; masks updated every {scale.freq} steps; "
                f"lr × 0.5 from epoch {scale.decay[0] + 1} and every {scale.decay[1]} epochs after; "
                f"pruning window (start, ramp, end) as fractions of training {scale.prune_window}; GL λ "
                f"{scale.gl_lambda} (proximal), GLP λ {scale.glp_lambda}. Training time summed over the "

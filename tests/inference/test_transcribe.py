@@ -32,7 +32,8 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(corpus):
-    """A unidirectional GRU + row conv overfitted to 4 TTS utterances, exported by ``bsrnn export``."""
+    """A unidirectional GRU + row conv overfitted to 4 TTS utterances, exported by ``bsrnn export``.
+    fp32 and 250 steps: at 150 steps in bf16 the fit reached CER 0 on one CPU and 23 % on another."""
     from bsrnn.train import load_config, train
 
     root = corpus.parent
@@ -40,7 +41,7 @@ def trained(corpus):
     train(load_config(None, [
         f"data.corpus={corpus}", f"train.run_dir={run}", "data.dev=train", "data.test=['train']",
         "model.preset=gru64u", "model.hidden=128", "model.layers=1", "model.lookahead=4", "model.conv_channels=8",
-        "train.threads=1", "train.batch_size=4", "train.epochs=150", "optim.lr=1e-2", "schedule.warmup_steps=2",
+        "train.threads=1", "train.precision=fp32", "train.batch_size=4", "train.epochs=250", "optim.lr=1e-2", "schedule.warmup_steps=2",
         "schedule.decay_start=1000", "train.checkpoint_every=100000", "log.progress=false",
         "log.tensorboard=false", "log.every=50"]))
     out = root / "model.safetensors"
@@ -137,6 +138,16 @@ def test_make_example_exports_the_run_and_writes_its_card(trained, tmp_path):
     assert 0 <= cer < 15.0 and "Provisional example" in card and "gru64u" in card
     assert f"{(tmp_path / 'tiny.safetensors').stat().st_size / 1e6:.2f} MB" in card
     assert str(run.parent) not in card  # the card names the run, not the folder it was trained in
+    fp32_cer, fp32_size = cer, (tmp_path / "tiny.safetensors").stat().st_size
+
+    # --dtype int8: a smaller file, and the card scores the fp32 export of the same checkpoint beside it
+    assert make_example.main([str(run / "best.pt"), "--out-dir", str(tmp_path), "--corpus", str(corpus),
+                              "--splits", "train", "--name", "tiny8", "--dtype", "int8"]) == 0
+    card = (tmp_path / "tiny8.md").read_text()
+    assert load(tmp_path / "tiny8.safetensors").sparse and (tmp_path / "tiny8.safetensors").stat().st_size < fp32_size
+    assert "block values in int8, one scale per block row" in card and "Provisional" not in card
+    quant = next(line for line in card.splitlines() if line.startswith("Quantisation:"))
+    assert f"train {fp32_cer:.2f} %" in quant and "points in int8" in quant, quant
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
