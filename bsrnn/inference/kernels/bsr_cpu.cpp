@@ -12,7 +12,8 @@
 // * csr (1x1, B < 4): 16 nonzeros per step, x gathered by index.
 // * bfma (B >= 8): register-blocked micro-kernel; each weight is broadcast against a 16/32/64-wide
 //   row of x (row-major (K, B)), RC rows x NV vectors of accumulators, S interleaved partial sums
-//   so FMA latency never limits short blocks.
+//   so FMA latency never limits short blocks. bf16/int8 values are widened to fp32 a chunk of
+//   blocks at a time into an L1 buffer first.
 //
 // Block values come in three types (the template parameter WT): float; bf16 (uint16_t, the top
 // half of a float's bits), widened by a zero-extending load and a 16-bit shift; int8_t, widened
@@ -190,6 +191,54 @@ static void vec_rows(const i32* indptr, const i32* idx, const WT* V, const float
 // each weight is broadcast once against the x row it multiplies.
 template <typename T> static inline T ldT(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
 template <typename T> static inline void stT(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
+
+// The FMA loop of one pass over blocks [p, p1) of a block row: W points at the first block's rows
+// r0..r0+RC as floats, consecutive blocks WS floats apart (a constant, so addressing folds).
+// Always inlined: out of line, the accumulators would live in memory behind the reference.
+template <int R, int C, typename T, int NV, int RC, int S, int WS>
+__attribute__((always_inline)) static inline void bfma_span(T (&acc)[S][RC][NV], const float* W, const i32* idx, i64 p, i64 p1,
+                             const float* X, i64 ldx, i64 b0) {
+  constexpr int W_ = sizeof(T) / sizeof(float);
+  for (; p + S <= p1; p += S, W += S * WS) {
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) {
+      const float* xr = X + (i64)idx[p + s] * C * ldx + b0;
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        T xv[NV];
+#pragma GCC unroll 16
+        for (int n = 0; n < NV; ++n) xv[n] = ldT<T>(xr + c * ldx + n * W_);
+#pragma GCC unroll 16
+        for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+          for (int n = 0; n < NV; ++n) acc[s][r][n] += W[s * WS + r * C + c] * xv[n];
+      }
+    }
+  }
+  for (; p < p1; ++p, W += WS) {
+    const float* xr = X + (i64)idx[p] * C * ldx + b0;
+    for (int c = 0; c < C; ++c)
+#pragma GCC unroll 16
+      for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+        for (int n = 0; n < NV; ++n) acc[0][r][n] += W[r * C + c] * ldT<T>(xr + c * ldx + n * W_);
+  }
+}
+
+// n block values as floats into f (16 at a time where n allows, then one by one)
+template <typename WT> static inline void widen(const WT* w, float* f, i64 n) {
+  i64 i = 0;
+  for (; i + 16 <= n; i += 16) st16(f + i, ldw(w + i));
+  for (; i < n; ++i) f[i] = w1(w[i]);
+}
+
+// bf16/int8 values of blocks up to 4x4 (a pass then covers whole blocks, RC == R) are widened to
+// fp32 a chunk of blocks at a time into an L1 buffer (at most WIDEN_FLOATS floats, 16 KB), then the
+// fp32 FMA loop runs on the chunk. Widening each block just before its broadcasts (WBlock) made 4x4 bf16/int8
+// 1.2-1.9x slower than this at batch 8-16 (interleaved, 1 thread). For 8x8 and larger the chunked
+// version measured no better (0.7-1.4x, noisy), so they keep WBlock; fp32 values are used in place.
+constexpr i64 WIDEN_FLOATS = 4096;
+
 template <int R, int C, typename T, int NV, typename WT>
 static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const float* SC, const float* X, i64 ldx,
                       float* Y, i64 ldy, i64 ib0, i64 ib1, i64 b0) {
@@ -197,6 +246,36 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
   constexpr int RC0 = 16 / NV < 1 ? 1 : 16 / NV;
   constexpr int RC = R < RC0 ? R : RC0;
   constexpr int S = RC * NV >= 8 ? 1 : (RC * NV >= 4 ? 2 : (RC * NV >= 2 ? 4 : 8));
+  constexpr bool CHUNKED = !std::is_same_v<WT, float> && RC == R && R * C <= 16;
+  if constexpr (CHUNKED) {
+    constexpr i64 CHB = WIDEN_FLOATS / (R * C) < 1 ? 1 : WIDEN_FLOATS / (R * C);  // blocks per chunk
+    alignas(64) float buf[CHB * R * C];
+    for (i64 ib = ib0; ib < ib1; ++ib) {
+      const i64 p0 = indptr[ib], p1 = indptr[ib + 1];
+      T acc[S][RC][NV];
+#pragma GCC unroll 16
+      for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+        for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+          for (int n = 0; n < NV; ++n) acc[s][r][n] = (T){};
+      for (i64 q0 = p0; q0 < p1; q0 += CHB) {
+        const i64 q1 = q0 + CHB < p1 ? q0 + CHB : p1;
+        widen(V + q0 * (R * C), buf, (q1 - q0) * (R * C));  // whole blocks: one contiguous run
+        bfma_span<R, C, T, NV, RC, S, R * C>(acc, buf, idx, q0, q1, X, ldx, b0);
+      }
+      const float sc = row_scale<WT>(SC, ib);
+#pragma GCC unroll 16
+      for (int r = 0; r < RC; ++r)
+#pragma GCC unroll 16
+        for (int n = 0; n < NV; ++n) {
+          T a = acc[0][r][n];
+          for (int s = 1; s < S; ++s) a += acc[s][r][n];
+          stT<T>(Y + (ib * R + r) * ldy + b0 + n * W, a * sc);
+        }
+    }
+    return;
+  }
   for (i64 ib = ib0; ib < ib1; ++ib) {
     const i64 p0 = indptr[ib], p1 = indptr[ib + 1];
     for (int r0 = 0; r0 < R; r0 += RC) {
