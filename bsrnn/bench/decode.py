@@ -4,7 +4,7 @@ For each speech checkpoint the model's log-probabilities of every split are comp
 decoded by: best path (``greedy``), prefix beam search without an LM (``beam``), and with the
 LM over a grid of ``lm_weight`` × ``bonus`` on ``dev``; the pair with the lowest dev CER is then
 applied to the test splits (``beam+lm``). Rows: model, split, decoder, beam, lm_weight, bonus,
-cer, wer, utterances, decode_seconds (one thread; times depend on machine load, CER does not).
+cer, wer, utterances, decode_seconds and ms_per_utterance (one thread; times depend on machine load, CER does not).
 The real-speech set is Debian's pocketsphinx-testdata when it is installed
 (``bsrnn data import-pocketsphinx``), scored as split ``pocketsphinx``.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +61,8 @@ def _score(decoder, utts, refs) -> dict:
     started = time.perf_counter()
     hyps = [decoder(u) for u in utts]
     seconds = time.perf_counter() - started
-    return {**error_rates(refs, hyps), "utterances": len(refs), "decode_seconds": round(seconds, 3)}
+    return {**error_rates(refs, hyps), "utterances": len(refs), "decode_seconds": round(seconds, 3),
+            "ms_per_utterance": round(1e3 * seconds / max(len(refs), 1), 2)}
 
 
 def run(args) -> int:
@@ -74,7 +76,7 @@ def run(args) -> int:
     limit = 20 if args.quick else 0
     weights, bonuses = (args.weights[:1], args.bonuses[:2]) if args.quick else (args.weights, args.bonuses)
     lm = CharLMScorer.from_export(args.lm) if args.lm.endswith(".safetensors") else CharLMScorer.from_checkpoint(args.lm)
-    extra = {}
+    extra, tmp = {}, None
     if not args.no_pocketsphinx:
         from bsrnn.data.importers import import_pocketsphinx_testdata
         tmp = Path(tempfile.mkdtemp(prefix="bsrnn-ps-"))
@@ -94,48 +96,52 @@ def run(args) -> int:
         write_json(result, out / f"{name}.json")
         (out / f"{name}.md").write_text(markdown(result))
 
-    for ckpt_path in args.models:
-        ckpt = load_checkpoint(ckpt_path)
-        cfg = config_from_dict(json.loads(ckpt["config"]))
-        if args.corpus:
-            cfg.data.corpus = args.corpus
-        stats = FeatureStats.load(Path(ckpt_path).parent / "stats.json")
-        model = model_from_config(cfg.model)
-        model.load_state_dict(ckpt["model"])
-        model.eval()
-        label = str(Path(ckpt_path).parent.name)
+    try:
+        for ckpt_path in args.models:
+            ckpt = load_checkpoint(ckpt_path)
+            cfg = config_from_dict(json.loads(ckpt["config"]))
+            if args.corpus:
+                cfg.data.corpus = args.corpus
+            stats = FeatureStats.load(Path(ckpt_path).parent / "stats.json")
+            model = model_from_config(cfg.model)
+            model.load_state_dict(ckpt["model"])
+            model.eval()
+            label = str(Path(ckpt_path).parent.name)
 
-        def data(split: str, n: int = 0):
-            if split in extra:
-                manifest, cache = extra[split]
-                cfg_ps = dataclasses.replace(cfg.data, cache_dir=cache)
-                return _log_probs(model, open_dataset(cfg_ps, manifest, stats), n)
-            return _log_probs(model, open_dataset(cfg.data, split, stats), n)
+            def data(split: str, n: int = 0):
+                if split in extra:
+                    manifest, cache = extra[split]
+                    cfg_ps = dataclasses.replace(cfg.data, cache_dir=cache)
+                    return _log_probs(model, open_dataset(cfg_ps, manifest, stats), n)
+                return _log_probs(model, open_dataset(cfg.data, split, stats), n)
 
-        dev = data("dev", limit or args.dev_limit)
-        best = None
-        for w in weights:
-            for b in bonuses:
-                r = _score(make_decoder("beam", beam=args.beam, lm=lm, lm_weight=w, bonus=b), *dev)
-                tuning.append({"model": label, "split": "dev", "lm_weight": w, "bonus": b, **r})
-                print(f"{label} dev beam+lm w={w} b={b}: CER {r['cer']:.2f} WER {r['wer']:.2f} ({r['decode_seconds']:.1f} s)",
-                      flush=True)
-                if best is None or r["cer"] < best[0]:
-                    best = (r["cer"], w, b)
-                save()
-        _, w, b = best
-        decoders = [("greedy", make_decoder("greedy"), None, None),
-                    ("beam", make_decoder("beam", beam=args.beam), None, None),
-                    ("beam+lm", make_decoder("beam", beam=args.beam, lm=lm, lm_weight=w, bonus=b), w, b)]
-        for split in ["dev", *args.splits, *extra]:
-            utts, refs = dev if split == "dev" else data(split, limit)
-            for dname, dec, dw, db in decoders:
-                r = _score(dec, utts, refs)
-                rows.append({"model": label, "checkpoint": str(ckpt_path), "split": split, "decoder": dname,
-                             "beam": args.beam if dname != "greedy" else 1, "lm_weight": dw, "bonus": db, **r})
-                print(f"{label} {split} {dname}: CER {r['cer']:.2f} WER {r['wer']:.2f} ({r['decode_seconds']:.1f} s)",
-                      flush=True)
-                save()
+            dev = data("dev", limit or args.dev_limit)
+            best = None
+            for w in weights:
+                for b in bonuses:
+                    r = _score(make_decoder("beam", beam=args.beam, lm=lm, lm_weight=w, bonus=b), *dev)
+                    tuning.append({"model": label, "split": "dev", "lm_weight": w, "bonus": b, **r})
+                    print(f"{label} dev beam+lm w={w} b={b}: CER {r['cer']:.2f} WER {r['wer']:.2f} ({r['decode_seconds']:.1f} s)",
+                          flush=True)
+                    if best is None or r["cer"] < best[0]:
+                        best = (r["cer"], w, b)
+                    save()
+            _, w, b = best
+            decoders = [("greedy", make_decoder("greedy"), None, None),
+                        ("beam", make_decoder("beam", beam=args.beam), None, None),
+                        ("beam+lm", make_decoder("beam", beam=args.beam, lm=lm, lm_weight=w, bonus=b), w, b)]
+            for split in ["dev", *args.splits, *extra]:
+                utts, refs = dev if split == "dev" else data(split, limit)
+                for dname, dec, dw, db in decoders:
+                    r = _score(dec, utts, refs)
+                    rows.append({"model": label, "checkpoint": str(ckpt_path), "split": split, "decoder": dname,
+                                 "beam": args.beam if dname != "greedy" else 1, "lm_weight": dw, "bonus": db, **r})
+                    print(f"{label} {split} {dname}: CER {r['cer']:.2f} WER {r['wer']:.2f} ({r['decode_seconds']:.1f} s)",
+                          flush=True)
+                    save()
+    finally:  # the imported real-speech set and its features
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     save()
     print(f"results in {out / name}.json")
     return 0
@@ -149,12 +155,12 @@ def markdown(result: dict) -> str:
               f"{result['grid']['lm_weight']} x {result['grid']['bonus']}"
               + (f" (first {result['dev_limit']} dev utterances)" if result.get("dev_limit") else "")
               + ". Decode seconds: one thread, on the machine as it was (CER does not depend on load).", "",
-              "| model | split | decoder | lm_weight | bonus | CER % | WER % | utts | decode s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| model | split | decoder | lm_weight | bonus | CER % | WER % | utts | decode s | ms / utt |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {r['split']} | {r['decoder']} | {'' if r['lm_weight'] is None else r['lm_weight']} | "
                      f"{'' if r['bonus'] is None else r['bonus']} | {r['cer']:.2f} | {r['wer']:.2f} | {r['utterances']} | "
-                     f"{r['decode_seconds']:.1f} |")
+                     f"{r['decode_seconds']:.1f} | {r.get('ms_per_utterance', float('nan')):.1f} |")
     if result.get("tuning"):
         lines += ["", "Dev grid (beam + LM):", "", "| model | lm_weight | bonus | CER % | WER % |", "|---|---|---|---|---|"]
         lines += [f"| {t['model']} | {t['lm_weight']} | {t['bonus']} | {t['cer']:.2f} | {t['wer']:.2f} |"
