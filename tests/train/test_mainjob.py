@@ -34,9 +34,9 @@ def test_main_jobs_add_real_speech_and_the_small_dense_model(tmp_path):
     assert jobs[2].overrides[-1] == f"model.hidden={w}" and jobs[2].config.name == "main_dense.toml"
     # as many parameters as the block-pruned model keeps: total - 90 % of the pruned matrices
     spec, target = bp_model()
-    total, pruned = dense_params("gru", spec.hidden, spec.layers, spec.conv_channels)
+    total, pruned = dense_params("gru", spec.hidden, spec.layers, spec.conv_channels, spec.subsample)
     goal = total - target * pruned
-    assert abs(dense_params("gru", w, spec.layers, spec.conv_channels)[0] - goal) < 0.1 * goal
+    assert abs(dense_params("gru", w, spec.layers, spec.conv_channels, spec.subsample)[0] - goal) < 0.1 * goal
     jobs, made = build_jobs(tmp_path / "corpus", tmp_path / "runs", small=False)
     assert [j.name for j in jobs] == ["main_dense", "main_bp"] and not any("data.test" in w for w in jobs[0].where)
     assert _split_name(str(real)) == "pocketsphinx" and _split_name("test") == "test"
