@@ -19,7 +19,7 @@ from torch import nn
 
 from .blocks import parse_block
 from .dynamic import DynamicSparsity, StaticSparsity
-from .methods import PENALTY_WINDOWS, BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod, WeightPruning
+from .methods import PENALTY_WINDOWS, TARGET_SCOPES, BlockPruning, GroupLasso, GroupLassoPruning, NoSparsity, SparsityMethod, WeightPruning
 from .schedules import HEURISTIC_FRACTIONS, NarangSchedule
 
 METHODS = ("none", "wp", "bp", "gl", "glp", "static", "rigl", "set")
@@ -42,6 +42,9 @@ class SparsityConfig:
     target: float | None = None  # final block sparsity for every layer kind (target mode; overrides q)
     target_recurrent: float | None = None  # target for recurrent-layer matrices only
     target_non_recurrent: float | None = None  # target for fully connected matrices only
+    # target mode: "kind" = one threshold for all of a layer kind's matrices (the paper; the kind
+    # lands on the target, single matrices above or below it) | "matrix" = each matrix lands on it
+    target_scope: str = "kind"
     lambda_g: float = 0.0  # group-lasso weight (gl: large, glp: small)
     penalty_window: str = "schedule"  # glp: penalty while each kind is pruned (start..end) | until_end (from step 0)
     proximal: bool = False  # gl: proximal step instead of the penalty gradient (exact zeros)
@@ -65,6 +68,8 @@ class SparsityConfig:
             raise ValueError(f"sparsity.lambda_g must be >= 0, got {self.lambda_g}")
         if self.penalty_window not in PENALTY_WINDOWS:
             raise ValueError(f"sparsity.penalty_window {self.penalty_window!r} is not one of {', '.join(PENALTY_WINDOWS)}")
+        if self.target_scope not in TARGET_SCOPES:
+            raise ValueError(f"sparsity.target_scope {self.target_scope!r} is not one of {', '.join(TARGET_SCOPES)}")
         if isinstance(self.q, str) and self.q != "auto":
             raise ValueError(f"sparsity.q must be a number or 'auto', got {self.q!r}")
 
@@ -122,7 +127,7 @@ def build_method(model: nn.Module, cfg: SparsityConfig | dict | None, *, steps_p
                                freq=cfg.freq, end=end_itr, alpha=cfg.alpha, **kw)
     schedule = cfg.schedule(total_steps, steps_per_epoch)
     targets = cfg.targets()
-    kw = dict(target=targets, q=None if targets else cfg.q, **common)
+    kw = dict(target=targets, q=None if targets else cfg.q, target_scope=cfg.target_scope, **common)
     if cfg.method == "wp":
         return WeightPruning(model, schedule, **kw)
     if cfg.method == "bp":

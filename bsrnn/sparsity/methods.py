@@ -36,6 +36,9 @@ from .schedules import NarangSchedule, eq1_theta, weight_quantile
 from .targets import KINDS, Target, select_targets
 
 
+TARGET_SCOPES = ("kind", "matrix")  # target mode: one threshold per layer kind | per matrix
+
+
 def _per_kind(value, name: str) -> dict:
     """A scalar or a {kind: value} dict -> {kind: value} (unknown kinds are an error)."""
     if value is None:
@@ -149,7 +152,9 @@ class BlockPruning(SparsityMethod):
 
     ``schedule``: a ``NarangSchedule`` or ``{kind: NarangSchedule}``. ``target``: a final block
     sparsity (or ``{kind: sparsity}``) — target mode, which keeps the schedule's shape and
-    re-solves theta at each update. ``q="auto"``: the heuristic theta with q = 90th-percentile
+    re-solves theta at each update; ``target_scope="kind"`` solves one threshold for all of a
+    kind's matrices (the paper's one threshold per layer type: the kind lands on the target, its
+    matrices spread around it), ``"matrix"`` one per matrix (each lands on the target). ``q="auto"``: the heuristic theta with q = 90th-percentile
     |w| of the kind's nonzero weights at the first update (``weight_quantile``: exact, or from a
     uniform sample over all the kind's matrices when they exceed torch.quantile's input limit).
     """
@@ -158,9 +163,14 @@ class BlockPruning(SparsityMethod):
 
     def __init__(self, model: nn.Module, block=(4, 4), schedule: NarangSchedule | dict | None = None, *,
                  target: float | dict | None = None, q: float | str | dict | None = None,
-                 how: str = "max", include=(), exclude=(), pad: bool = False, optimizer=None, targets=None):
+                 target_scope: str = "kind", how: str = "max", include=(), exclude=(), pad: bool = False,
+                 optimizer=None, targets=None):
         super().__init__(model, block, how=how, include=include, exclude=exclude, pad=pad,
                          optimizer=optimizer, targets=targets)
+        if target_scope not in TARGET_SCOPES:
+            raise ValueError(f"target_scope {target_scope!r} is not one of {', '.join(TARGET_SCOPES)}")
+        self.target_scope = target_scope
+        self.matrix_thresholds: dict[str, float] = {}  # target_scope="matrix": each matrix's last threshold
         if schedule is None:
             raise ValueError("BlockPruning needs a schedule: a NarangSchedule, {kind: NarangSchedule}, "
                              "or use bsrnn.sparsity.build_method with fractions of training")
@@ -176,15 +186,32 @@ class BlockPruning(SparsityMethod):
         self._calibrated: set[str] = set()
 
     # -- the schedule ---------------------------------------------------------------------
+    def _target_theta(self, kind: str, scores: list[torch.Tensor]) -> float:
+        """Target mode: the theta whose schedule puts the last update's threshold at the k-th
+        smallest of ``scores`` (k = round(target × blocks))."""
+        sched = self.schedules[kind]
+        flat = torch.cat([s.flatten() for s in scores])
+        k = int(round(self.target[kind] * flat.numel()))
+        eps_end = float(flat.kthvalue(k).values) if k > 0 else 0.0
+        last = sched.last_update()
+        unit = sched.unit_epsilon(last) if last is not None else 1.0
+        return eps_end / unit if unit > 0 else 0.0
+
+    def _matrix_scope(self, kind: str) -> bool:
+        return self.target_scope == "matrix" and kind in self.target
+
+    def _thresholds(self, kind: str, step: int, scores: list[torch.Tensor]) -> list[float]:
+        """The threshold each of the kind's matrices is pruned at in the update at ``step``."""
+        if self._matrix_scope(kind):  # the kind's schedule gives the shape; each matrix its own theta
+            sched = self.schedules[kind]
+            return [sched.with_theta(self._target_theta(kind, [s])).epsilon(step) for s in scores]
+        self._solve_theta(kind, scores)
+        return [self.schedules[kind].epsilon(step)] * len(scores)
+
     def _solve_theta(self, kind: str, scores: list[torch.Tensor]) -> None:
         sched = self.schedules[kind]
         if kind in self.target:
-            flat = torch.cat([s.flatten() for s in scores])
-            k = int(round(self.target[kind] * flat.numel()))
-            eps_end = float(flat.kthvalue(k).values) if k > 0 else 0.0
-            last = sched.last_update()
-            unit = sched.unit_epsilon(last) if last is not None else 1.0
-            self.schedules[kind] = sched.with_theta(eps_end / unit if unit > 0 else 0.0)
+            self.schedules[kind] = sched.with_theta(self._target_theta(kind, scores))
         elif self.q.get(kind) is not None and kind not in self._calibrated:
             q = self.q[kind]
             if q == "auto":
@@ -209,11 +236,13 @@ class BlockPruning(SparsityMethod):
             ts = self.targets_of(kind)
             self.masks.apply_(self.optimizer)  # score masked weights (Algorithm 1: W <- W * M first)
             scores = [self.scores(t) for t in ts]
-            self._solve_theta(kind, scores)
-            eps = self.schedules[kind].epsilon(step)
-            self.thresholds[kind] = eps
-            for t, s in zip(ts, scores):
-                self.masks.prune_(t.name, s > eps)
+            eps = self._thresholds(kind, step, scores)
+            # per matrix: the kind's threshold is the mean of its matrices' (reports and Figure 3)
+            self.thresholds[kind] = sum(eps) / len(eps)
+            for t, s, e in zip(ts, scores, eps):
+                self.masks.prune_(t.name, s > e)
+                if self._matrix_scope(kind):
+                    self.matrix_thresholds[t.name] = e
             self._record(step, kind)
             updated = True
         self.masks.apply_(self.optimizer)
@@ -226,12 +255,11 @@ class BlockPruning(SparsityMethod):
             ts = self.targets_of(kind)
             scores = [self.scores(t) for t in ts]
             saved = self.schedules[kind], set(self._calibrated)
-            self._solve_theta(kind, scores)
             last = self.schedules[kind].last_update()
-            eps = self.schedules[kind].epsilon(last) if last is not None else 0.0
+            eps = self._thresholds(kind, last, scores) if last is not None else [0.0] * len(scores)
             self.schedules[kind], self._calibrated = saved
-            for t, s in zip(ts, scores):
-                keep = (s > eps) & self.masks.block_masks[t.name]
+            for t, s, e in zip(ts, scores, eps):
+                keep = (s > e) & self.masks.block_masks[t.name]
                 out[t.name] = 1.0 - keep.float().mean().item()
         return out
 
@@ -239,11 +267,13 @@ class BlockPruning(SparsityMethod):
         state = super().state_dict()
         state["schedules"] = {k: s.to_dict() for k, s in self.schedules.items()}
         state["calibrated"] = sorted(self._calibrated)
+        state["matrix_thresholds"] = dict(self.matrix_thresholds)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.schedules = {k: NarangSchedule(**d) for k, d in state["schedules"].items()}
         self._calibrated = set(state["calibrated"])
+        self.matrix_thresholds = dict(state.get("matrix_thresholds", {}))  # absent before target_scope
         super().load_state_dict(state)
 
 

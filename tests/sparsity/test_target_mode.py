@@ -53,3 +53,42 @@ def test_target_mode_per_kind_with_two_matrices():
     # pooled over the kind: the layer with smaller weights ends sparser (the paper's per-layer spread)
     names = [t.name for t in bp.targets]
     assert bp.masks.block_sparsity(names[0]) > bp.masks.block_sparsity(names[1])
+
+
+@pytest.mark.parametrize("method", ["bp", "glp", "wp"])
+def test_target_scope_matrix_puts_every_matrix_on_the_target(method):
+    """target_scope="matrix": each matrix lands within one block of the target, whatever its scale
+    (the same two layers pooled under "kind" end far apart); the schedule's shape is kept: an early
+    update prunes each matrix less than the last one, and dry_run predicts the result."""
+    model = Holder((256, 128), (128, 256))
+    with torch.no_grad():
+        model.layers[0].weight.copy_(realistic(256, 128, 1))
+        model.layers[1].weight.copy_(realistic(128, 256, 2) * 3)
+    cfg = {"method": method, "target": 0.8, "freq": 10, "start": 10, "ramp": 40, "end": 80, "target_scope": "matrix"}
+    bp = build_method(model, cfg, steps_per_epoch=10, total_steps=100)
+    predicted = bp.dry_run()
+    names = [t.name for t in bp.targets]
+    for step in range(100):
+        bp.step(step)
+        if step == 30:
+            early = [bp.masks.block_sparsity(n) for n in names]
+    for n, e in zip(names, early):
+        blocks = bp.masks.block_masks[n].numel()
+        assert abs(bp.masks.block_sparsity(n) - 0.8) * blocks <= 1, (n, bp.masks.block_sparsity(n))
+        assert 0 < e < 0.8 - 0.1
+        assert abs(predicted[n] - 0.8) * blocks <= 1
+    assert set(bp.matrix_thresholds) == set(names)
+    assert bp.matrix_thresholds[names[1]] > bp.matrix_thresholds[names[0]]  # the larger weights' threshold
+    # resume: the state carries the per-matrix thresholds
+    again = build_method(model, cfg, steps_per_epoch=10, total_steps=100)
+    again.load_state_dict(bp.state_dict())
+    assert again.matrix_thresholds == bp.matrix_thresholds
+
+
+def test_target_scope_is_checked():
+    from bsrnn.sparsity.config import SparsityConfig
+
+    with pytest.raises(ValueError, match="target_scope 'layer' is not one of kind, matrix"):
+        SparsityConfig(method="bp", target=0.9, target_scope="layer")
+    with pytest.raises(ValueError, match="target_scope"):
+        BlockPruning(Holder((64, 64)), (4, 4), SCHED, target=0.9, target_scope="global")
