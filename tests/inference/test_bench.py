@@ -22,11 +22,14 @@ def test_cell_bytes_and_bound_follow_kernels_md():
     assert roofline.struct_bytes(1760, 1760, 1, 1000) == 8 * 1000 + 4 * 1761
     assert roofline.struct_bytes(1760, 1760, 4, 19360, "int8") == 19360 * 16 + 4 * 19360 + 4 * 441 + 4 * 440
     assert roofline.struct_bytes(1760, 1760, 4, 19360, "bf16") == 2 * 19360 * 16 + 4 * 19360 + 4 * 441
-    # B = 1: 1.32 MB in all, 0.66 MB per thread, in L2 -> the L2 bandwidth bound
+    # B = 1: 1.32 MB in all, 0.66 MB per thread, in L2 -> the L2 bandwidth bound, with the two
+    # 48 KiB L1s serving what they hold
     b = roofline.bound(ROOF, 1760, 1760, 1, 4, 19360)
     nbytes = roofline.struct_bytes(1760, 1760, 4, 19360) + 4 * 3520
-    assert b["level"] == "L2" and b["bound"] == "L2 bandwidth" and b["bytes"] == nbytes
-    assert np.isclose(b["ideal_us"], nbytes / 200e9 * 1e6)
+    l1 = 2 * (48 << 10)
+    assert b["level"] == "L2" and b["bound"].startswith("L2 bandwidth") and b["bytes"] == nbytes
+    assert b["bytes_by_level"] == {"L1": l1, "L2": nbytes - l1}
+    assert np.isclose(b["ideal_us"], (l1 / 400e9 + (nbytes - l1) / 200e9) * 1e6)
     # int8 shrinks the working set but it stays in L2; a dense 1760² weight lives in L3
     assert roofline.bound(ROOF, 1760, 1760, 1, 4, 19360, "int8")["level"] == "L2"
     assert roofline.bound(ROOF, 1760, 1760, 1, 0, 0)["level"] == "L3"
@@ -36,6 +39,23 @@ def test_cell_bytes_and_bound_follow_kernels_md():
     assert b64["bound"] == "float32 compute (fp32_fma)"
     assert np.isclose(b64["ideal_us"], 2 * 19360 * 16 * 64 / 200e9 * 1e6)
     assert roofline.bound(ROOF, 1760, 1760, 64, 0, 0, "bf16")["peak_GFLOPs"] == 2000.0
+
+
+def test_a_set_just_past_the_l2s_is_bound_mostly_by_l2_bandwidth():
+    """7680×2560 at 95 %, 4×4 fp32, B = 1: 4.2 MB on two 2 MiB L2s lives in L3 by the per-thread
+    rule, but 4 MiB of it can stay in the L2s; charging all of it to L3 gave kernels 150 % of
+    the bound. The bound lies between the all-L2 and the all-L3 times and names both levels."""
+    nnzb = 7680 * 2560 // 16 // 20
+    b = roofline.bound(ROOF, 7680, 2560, 1, 4, nnzb)
+    n, l2 = b["bytes"], 2 * (2 << 20)
+    assert b["level"] == "L3" and b["bytes_by_level"] == {"L2": l2, "L3": n - l2}
+    assert n / 200e9 * 1e6 < b["ideal_us"] < n / 50e9 * 1e6
+    assert np.isclose(b["ideal_us"], (l2 / 200e9 + (n - l2) / 50e9) * 1e6)
+    assert b["bound"].startswith("L3 bandwidth (4.19 of") and "MB from L2" in b["bound"]
+    # the served bytes always add up to the working set, and DRAM spills from a full L3
+    for nbytes in (1 << 10, 3 << 20, 40 << 20, 1 << 30):
+        assert sum(roofline.served_from(nbytes, 2, ROOF["caches"]).values()) == nbytes
+    assert roofline.served_from(1 << 30, 2, ROOF["caches"])["L3"] == 64 << 20
 
 
 def test_levels_and_probe_sizes_cover_every_cache_level():
