@@ -154,9 +154,10 @@ class BlockPruning(SparsityMethod):
     sparsity (or ``{kind: sparsity}``) — target mode, which keeps the schedule's shape and
     re-solves theta at each update; ``target_scope="kind"`` solves one threshold for all of a
     kind's matrices (the paper's one threshold per layer type: the kind lands on the target, its
-    matrices spread around it), ``"matrix"`` one per matrix (each lands on the target). ``q="auto"``: the heuristic theta with q = 90th-percentile
-    |w| of the kind's nonzero weights at the first update (``weight_quantile``: exact, or from a
-    uniform sample over all the kind's matrices when they exceed torch.quantile's input limit).
+    matrices spread around it), ``"matrix"`` one per matrix (each lands on the target).
+    ``q="auto"``: the heuristic theta with q = 90th-percentile |w| of the kind's nonzero weights
+    at the first update (``weight_quantile``: exact, or from a uniform sample over all the kind's
+    matrices when they exceed torch.quantile's input limit).
     """
 
     name = "bp"
@@ -238,7 +239,7 @@ class BlockPruning(SparsityMethod):
             scores = [self.scores(t) for t in ts]
             eps = self._thresholds(kind, step, scores)
             # per matrix: the kind's threshold is the mean of its matrices' (reports and Figure 3)
-            self.thresholds[kind] = sum(eps) / len(eps)
+            self.thresholds[kind] = sum(eps) / len(eps) if self._matrix_scope(kind) else eps[0]
             for t, s, e in zip(ts, scores, eps):
                 self.masks.prune_(t.name, s > e)
                 if self._matrix_scope(kind):
