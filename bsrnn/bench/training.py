@@ -42,6 +42,8 @@ from ..atomic import write_json, write_text
 from ..models import precision as prec
 from ..models.deepspeech2 import build_model
 from ..models.precision import RECURRENT_BF16_MIN_WIDTH, resolve_recurrent
+from ..train.config import OptimConfig
+from ..train.engine import make_optimizer
 from ..train.memory import allocator_env, peak_rss_mb
 
 DENSE_WIDTHS = (128, 256, 320, 512)
@@ -87,16 +89,19 @@ class Setup:
         torch.manual_seed(seed)
         self.case = case
         self.model = build_model("gru128", hidden=case.hidden).set_precision(case.precision, case.recurrent)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.opt = make_optimizer(OptimConfig(lr=1e-4), self.model)  # as bsrnn train builds it
         if case.sparsity:
             self.method = StaticSparsity(self.model, BLOCK, case.sparsity, exclude=["output.*"], optimizer=self.opt,
                                          seed=seed)
         else:
             self.method = NoSparsity(self.model, (1, 1), exclude=["output.*"])  # as bsrnn train builds "none"
         if case.path == "bsr":
-            from ..models.sparse_gru import enable_block_sparse
+            from ..models.sparse_gru import enable_block_sparse, exact_gradient_params
 
             enable_block_sparse(self.model, self.method.masks.block_masks, BLOCK)
+            # as the trainer does: the block-sparse path's gradients are exactly zero at pruned
+            # entries, so masks are not re-applied to the dense tensors after every step
+            self.method.masks.exact_grads = exact_gradient_params(self.model)
         g = torch.Generator().manual_seed(seed)
         self.feats = torch.randn(batch, frames, self.model.spec.n_mels, generator=g)
         self.lengths = torch.full((batch,), frames, dtype=torch.long)

@@ -43,28 +43,29 @@ def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tens
 class GRUScan(torch.autograd.Function):
     """The GRU recurrence of ``D`` independent directions over padded time, zero initial state.
 
-    Inputs: ``gi (T, D, N, 3H)`` = ``W_ih x_t + b_ih`` for every step (gates r, z, n as in
-    ``nn.GRU``), ``u (D, H, 3H)`` = ``W_hh`` transposed per direction, ``b_hh (D, 1, 3H)``.
-    Output ``h (T, D, N, H)`` with, as in ``nn.GRU``::
+    Inputs: ``gi (T, D, N, 3H)`` = ``W_ih x_t + b_ih + [b_hh_r, b_hh_z, 0]`` for every step (gates
+    r, z, n as in ``nn.GRU``; the recurrent bias of r and z adds to the input's before the sigmoid,
+    so the caller folds it into the input projection's bias, where it costs nothing), ``u (D, H,
+    3H)`` = ``W_hh`` transposed per direction, ``b_n (D, 1, H)`` = ``b_hh``'s n part, which sits
+    inside the reset gate's product. Output ``h (T, D, N, H)`` with, as in ``nn.GRU``::
 
-        r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r ⊙ gh_n), h' = (1 - z) ⊙ n + z ⊙ h
-        where gh = h W_hhᵀ + b_hh
+        r = σ(gi_r + h W_hrᵀ), z = σ(gi_z + h W_hzᵀ), n = tanh(gi_n + r ⊙ (h W_hnᵀ + b_n)),
+        h' = (1 - z) ⊙ n + z ⊙ h
 
     The backward pass precomputes every factor that does not depend on the incoming gradient,
     so each step back is two multiplications, an addition and one batched matmul.
     """
 
     @staticmethod
-    def forward(ctx, gi: torch.Tensor, u: torch.Tensor, b_hh: torch.Tensor,
+    def forward(ctx, gi: torch.Tensor, u: torch.Tensor, b_n: torch.Tensor,
                 mm_dtype: torch.dtype | None = None) -> torch.Tensor:
         t_max, d, n, h3 = gi.shape
         hid = h3 // 3
+        if u.shape != (d, hid, h3) or b_n.shape != (d, 1, hid):
+            raise ValueError(f"GRUScan wants u {(d, hid, h3)} and b_n {(d, 1, hid)} for gi {tuple(gi.shape)}, "
+                             f"not {tuple(u.shape)} and {tuple(b_n.shape)}")
         low = mm_dtype is not None and mm_dtype != gi.dtype  # products in bf16, state in fp32
         u_mm = u.to(mm_dtype) if low else u
-        # b_hh's r and z parts add to gi's before the sigmoid: fold them in once, outside the loop
-        # (a broadcast bias add per step costs more than the step's product at these sizes)
-        gi = torch.cat([gi[..., : 2 * hid] + b_hh[..., : 2 * hid], gi[..., 2 * hid:]], -1)
-        b_n = b_hh[..., 2 * hid:]  # (D, 1, H): inside r ⊙ (W_hn h + b_hn)
         hs = gi.new_empty(t_max + 1, d, n, hid)  # hs[t] is the state before step t
         hs[0].zero_()
         rz = gi.new_empty(t_max, d, n, 2 * hid)
@@ -111,10 +112,10 @@ class GRUScan(torch.autograd.Function):
         if mm is not None:  # one large product over all time steps: bf16 in, fp32 out
             hs_d, dgh_d = hs_d.to(mm), dgh_d.to(mm)
         du = torch.bmm(hs_d.transpose(1, 2), dgh_d).to(ctx.u_dtype)
-        db = flat.sum(0).sum(1)  # (D, 3H); sum((0, 2)) in one call is ~50x slower on CPUs
+        db_n = dgh[..., 2, :].sum(0).sum(1)  # (D, H); sum((0, 2)) in one call is ~50x slower on CPUs
         # dgh is done with: it becomes dgi in place (r and z parts are the same; n loses the r factor)
         torch.mul(dh_all, dn_pre, out=dgh[..., 2, :])
-        return flat, du, db[:, None, :], None
+        return flat, du, db_n[:, None, :], None
 
 
 def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
@@ -133,17 +134,23 @@ def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
     w_ih = torch.cat([param(f"weight_ih_l{k}{s}") for s in sfx])  # (D*3H, In)
     u = torch.stack([param(f"weight_hh_l{k}{s}").t() for s in sfx])  # (D, H, 3H)
     if rnn.bias:
-        b_ih = torch.cat([param(f"bias_ih_l{k}{s}") for s in sfx])
-        b_hh = torch.stack([param(f"bias_hh_l{k}{s}") for s in sfx])[:, None, :]  # (D, 1, 3H)
+        b_ih = torch.stack([param(f"bias_ih_l{k}{s}") for s in sfx])  # (D, 3H)
+        b_hh = torch.stack([param(f"bias_hh_l{k}{s}") for s in sfx])
+        # b_hh's r and z parts add to b_ih's before the sigmoid: one bias for the input projection
+        # (a per-step broadcast add, or a pass over gi, would cost more than the step's product)
+        b_in = torch.cat([b_ih[:, : 2 * hid] + b_hh[:, : 2 * hid], b_ih[:, 2 * hid:]], 1).reshape(-1)
+        b_n = b_hh[:, None, 2 * hid:]  # (D, 1, H): inside r ⊙ (W_hn h + b_hn)
     else:
-        b_ih, b_hh = None, x.new_zeros(d, 1, 3 * hid)
-    gi = F.linear(x, w_ih, b_ih).view(t_max, n, d, 3 * hid)  # every step's input projection, one GEMM
-    if d == 2:  # the reverse direction runs forward over each reversed utterance; stacked as (T, D, N, 3H)
-        gi = torch.stack([gi[:, :, 0], reverse_within_lengths(gi[:, :, 1], lengths)], 1).to(u.dtype)
-    else:
-        gi = gi.permute(0, 2, 1, 3).to(u.dtype).contiguous()
+        b_in, b_n = None, x.new_zeros(d, 1, hid)
+    gi = F.linear(x, w_ih, b_in).view(t_max, n, d, 3 * hid)  # every step's input projection, one GEMM
+    # (T, D, N, 3H) in the state's dtype, one pass: the reverse direction runs forward over each
+    # utterance reversed within its length
+    scan_in = gi.new_empty(t_max, d, n, 3 * hid, dtype=u.dtype)
+    scan_in[:, 0] = gi[:, :, 0]
+    if d == 2:
+        scan_in[:, 1] = reverse_within_lengths(gi[:, :, 1], lengths)
     with torch.autocast(x.device.type, enabled=False):
-        y = GRUScan.apply(gi, u.contiguous(), b_hh.contiguous(), mm_dtype)  # (T, D, N, H)
+        y = GRUScan.apply(scan_in, u.contiguous(), b_n.contiguous(), mm_dtype)  # (T, D, N, H)
     y = y.permute(0, 2, 1, 3)  # (T, N, D, H)
     if d == 2:
         y = torch.stack([y[:, :, 0], reverse_within_lengths(y[:, :, 1], lengths)], 2)

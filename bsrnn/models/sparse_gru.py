@@ -298,6 +298,19 @@ def disable_block_sparse(model: nn.Module) -> list[str]:
     return removed
 
 
+def exact_gradient_params(model: nn.Module) -> frozenset[str]:
+    """Full names of the parameters whose gradients the block-sparse path leaves exactly zero at
+    every entry its layout's masks prune (those entries are never computed): the ``weight_ih`` /
+    ``weight_hh`` of every GRU with a layout. ``MaskSet.exact_grads`` takes this set."""
+    names = []
+    for mname, module in model.named_modules():
+        layout = getattr(module, BSR_ATTR, None)
+        if layout is not None:
+            prefix = f"{mname}." if mname else ""
+            names += [prefix + n for n in layout.masks]
+    return frozenset(names)
+
+
 def block_sparse_layout(rnn: nn.Module) -> GRULayout | None:
     """The layout ``enable_block_sparse`` gave ``rnn``, or None."""
     return getattr(rnn, BSR_ATTR, None)

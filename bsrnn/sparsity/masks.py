@@ -44,6 +44,14 @@ class MaskSet:
         self.block_masks = {t.name: torch.ones(t.grid, dtype=torch.bool, device=self.params[t.name].device)
                             for t in targets}
         self._pruned: dict[str, torch.Tensor] = {}  # expanded ~mask, cached; only for masks with zeros
+        # Names whose gradient in the current step is exactly zero at every pruned entry (the
+        # block-sparse training path never computes those entries); set by the trainer each step.
+        # A parameter in here that was zeroed since its mask last changed stays zero through the
+        # optimizer step (Adam/SGD of a zero weight with zero gradient and zero moments is zero),
+        # so apply_ skips its three passes over the dense tensors.
+        self.exact_grads: frozenset[str] = frozenset()
+        self._clean: set[str] = set()  # zeroed (weights and optimizer state) since the mask last changed
+        self._clean_for = None  # the optimizer whose state _clean covers
 
     # -- state ----------------------------------------------------------------------------
     def keep(self, name: str) -> torch.Tensor:
@@ -52,6 +60,7 @@ class MaskSet:
         return expand(self.block_masks[name], t.block, t.shape, t.gates)
 
     def _refresh(self, name: str) -> None:
+        self._clean.discard(name)
         bm = self.block_masks[name]
         if bool(bm.all()):
             self._pruned.pop(name, None)
@@ -94,14 +103,23 @@ class MaskSet:
     # -- application ----------------------------------------------------------------------
     @torch.no_grad()
     def apply_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Zero pruned weights in place, and the matching entries of the optimizer's state."""
+        """Zero pruned weights in place, and the matching entries of the optimizer's state.
+
+        Skipped for a parameter already zeroed since its mask last changed whose gradient this
+        step is exactly zero at pruned entries (``exact_grads``): nothing can have moved them."""
+        if optimizer is not self._clean_for:
+            self._clean.clear()
+            self._clean_for = optimizer
         for name, pruned in self._pruned.items():
+            if name in self._clean and name in self.exact_grads:
+                continue
             p = self.params[name]
             p.masked_fill_(pruned, 0.0)
             if optimizer is not None:
                 for buf in optimizer.state.get(p, {}).values():
                     if torch.is_tensor(buf) and buf.shape == p.shape:
                         buf.masked_fill_(pruned, 0.0)
+            self._clean.add(name)
 
     # -- counts ---------------------------------------------------------------------------
     def block_sparsity(self, name: str) -> float:

@@ -56,7 +56,12 @@ def make_optimizer(optim: OptimConfig, model: torch.nn.Module) -> torch.optim.Op
     if optim.name == "sgd":  # the paper's optimizer
         return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=True,
                                weight_decay=optim.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    params = list(model.parameters())
+    # torch's fused Adam: one pass over each tensor instead of a dozen (×7 faster on a CPU for a
+    # 48 M-parameter model, which the dense-with-zeros parameters of a wide sparse model are);
+    # the for-each implementation where the fused kernel does not run (other devices, dtypes)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+    return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused or None)
 
 
 def prepare_run_dir(run_dir: str | Path, *, create: bool = True) -> Path:
@@ -216,6 +221,16 @@ class TrainStep:
             disable_block_sparse(self.model)
             self._on_bsr = False
 
+    def _exact_grads(self) -> frozenset[str]:
+        """Parameters whose gradient in this step is exactly zero at their pruned entries: those of
+        the GRUs on block-sparse kernels, unless a penalty term (group lasso) added its own."""
+        penalty = getattr(self.method, "penalty_active", None)
+        if not self._on_bsr or (penalty is not None and penalty()):
+            return frozenset()
+        from ..models.sparse_gru import exact_gradient_params
+
+        return exact_gradient_params(self.model)
+
     @contextlib.contextmanager
     def forward(self, step: int | None = None) -> Iterator[None]:
         """Run the forward pass and the loss in here. The buffers (BatchNorm statistics) are
@@ -249,6 +264,9 @@ class TrainStep:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf))
         if math.isfinite(grad_norm):
             self.optimizer.step()
+            masks = getattr(self.method, "masks", None)
+            if masks is not None:  # which pruned entries this step's gradients left exactly zero
+                masks.exact_grads = self._exact_grads()
             changed = bool(self.method.step(step))  # masks updated on schedule and applied in place
             return Update(True, grad_norm, changed)
         # A NaN/inf loss or gradient: skip this batch, never let it touch the model.

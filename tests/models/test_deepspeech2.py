@@ -64,8 +64,14 @@ def test_gru_scan_backward_passes_gradcheck():
     d, n, hid, t = 2, 3, 4, 5
     args = (torch.randn(t, d, n, 3 * hid, dtype=torch.float64, requires_grad=True),
             0.5 * torch.randn(d, hid, 3 * hid, dtype=torch.float64, requires_grad=True),
-            torch.randn(d, 1, 3 * hid, dtype=torch.float64, requires_grad=True))
+            torch.randn(d, 1, hid, dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(GRUScan.apply, args)
+
+
+def test_gru_scan_says_which_shapes_it_wants():
+    gi = torch.randn(3, 2, 1, 12)
+    with pytest.raises(ValueError, match="b_n"):
+        GRUScan.apply(gi, torch.randn(2, 4, 12), torch.randn(2, 1, 12))  # a whole b_hh, not its n part
 
 
 def test_padded_recurrent_refuses_what_it_cannot_run_exactly():

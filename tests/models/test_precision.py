@@ -60,7 +60,7 @@ def test_gru_scan_with_bf16_products_keeps_fp32_state_and_matches_fp32():
     t, d, n, h = 9, 2, 3, 12
     gi = torch.randn(t, d, n, 3 * h, requires_grad=True)
     u = (0.3 * torch.randn(d, h, 3 * h)).requires_grad_()
-    b = torch.randn(d, 1, 3 * h, requires_grad=True)
+    b = torch.randn(d, 1, h, requires_grad=True)  # b_hh's n part (r, z are folded into gi)
     ref = GRUScan.apply(gi, u, b)
     low = GRUScan.apply(gi, u, b, torch.bfloat16)
     assert low.dtype == torch.float32

@@ -128,3 +128,42 @@ def test_expansion_of_non_square_blocks_and_gate_tiling():
     assert torch.equal(padded.keep("weight_hh_l0"), expected)
     padded.apply_()
     assert (gru.weight_hh_l0[10:12, :4] == 0).all() and (gru.weight_hh_l0[12:16] != 0).all()
+
+
+def test_apply_skips_only_what_cannot_have_moved():
+    """A parameter whose gradients are exactly zero at pruned entries (MaskSet.exact_grads, the
+    block-sparse training path) is zeroed once after each mask change, not after every step."""
+    model = gru_and_linear()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    masks = masks_of(model)
+    name = "rnn.weight_hh_l0"
+    w = model["rnn"].weight_hh_l0
+    keep = torch.ones(6, 2, dtype=torch.bool)
+    keep[0, 1] = False
+    masks.prune_(name, keep)
+    masks.exact_grads = frozenset({name})
+    masks.apply_(optimizer)  # first application after the change: always done
+    assert (w[0:4, 4:8] == 0).all()
+    with torch.no_grad():
+        w[0, 4] = 1.0  # what a dense gradient step would do; the exact path never does
+    masks.apply_(optimizer)
+    assert w[0, 4] == 1.0  # skipped: clean since the last change, gradients exact
+    masks.exact_grads = frozenset()  # a step on the dense path
+    masks.apply_(optimizer)
+    assert w[0, 4] == 0.0
+    masks.exact_grads = frozenset({name})
+    with torch.no_grad():
+        w[0, 4] = 1.0
+    keep[1, 0] = False
+    masks.prune_(name, keep)  # a mask change: applied again, new and old blocks
+    masks.apply_(optimizer)
+    assert w[0, 4] == 0.0 and (w[4:8, 0:4] == 0).all()
+    with torch.no_grad():
+        w[0, 4] = 1.0
+    masks.load_state_dict(masks.state_dict())  # a resume: nothing is taken as clean
+    masks.apply_(optimizer)
+    assert w[0, 4] == 0.0
+    with torch.no_grad():
+        w[0, 4] = 1.0
+    masks.apply_(torch.optim.Adam(model.parameters(), lr=0.1))  # another optimizer's state: applied
+    assert w[0, 4] == 0.0
