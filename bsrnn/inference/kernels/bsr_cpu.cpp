@@ -192,37 +192,36 @@ static void vec_rows(const i32* indptr, const i32* idx, const WT* V, const float
 template <typename T> static inline T ldT(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
 template <typename T> static inline void stT(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
 
-// The FMA loop of one pass over blocks [p, p1) of a block row: W points at the first block's rows
-// r0..r0+RC as floats, consecutive blocks WS floats apart (a constant, so addressing folds).
-// Always inlined: out of line, the accumulators would live in memory behind the reference.
-template <int R, int C, typename T, int NV, int RC, int S, int WS>
-__attribute__((always_inline)) static inline void bfma_span(T (&acc)[S][RC][NV], const float* W, const i32* idx, i64 p, i64 p1,
-                             const float* X, i64 ldx, i64 b0) {
+// One block's contribution to RC output rows: w points at the block's rows r0..r0+RC as floats
+// (row stride C), xr at the C rows of x it multiplies (row stride ldx), NV vectors of the batch
+// each. Both bfma paths run every block through this; always inlined, so the accumulators stay
+// in registers.
+template <int C, typename T, int NV, int RC>
+__attribute__((always_inline)) static inline void fma_block(T (&acc)[RC][NV], const float* w, const float* xr, i64 ldx) {
   constexpr int W_ = sizeof(T) / sizeof(float);
-  for (; p + S <= p1; p += S, W += S * WS) {
-#pragma GCC unroll 8
-    for (int s = 0; s < S; ++s) {
-      const float* xr = X + (i64)idx[p + s] * C * ldx + b0;
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        T xv[NV];
+  for (int c = 0; c < C; ++c) {
+    T xv[NV];
 #pragma GCC unroll 16
-        for (int n = 0; n < NV; ++n) xv[n] = ldT<T>(xr + c * ldx + n * W_);
+    for (int n = 0; n < NV; ++n) xv[n] = ldT<T>(xr + c * ldx + n * W_);
 #pragma GCC unroll 16
-        for (int r = 0; r < RC; ++r)
+    for (int r = 0; r < RC; ++r)
 #pragma GCC unroll 16
-          for (int n = 0; n < NV; ++n) acc[s][r][n] += W[s * WS + r * C + c] * xv[n];
-      }
-    }
+      for (int n = 0; n < NV; ++n) acc[r][n] += w[r * C + c] * xv[n];
   }
-  for (; p < p1; ++p, W += WS) {
-    const float* xr = X + (i64)idx[p] * C * ldx + b0;
-    for (int c = 0; c < C; ++c)
-#pragma GCC unroll 16
-      for (int r = 0; r < RC; ++r)
-#pragma GCC unroll 16
-        for (int n = 0; n < NV; ++n) acc[0][r][n] += W[r * C + c] * ldT<T>(xr + c * ldx + n * W_);
+}
+
+// One pass over blocks [p, p1) of a block row, S blocks at a time into S independent partial sums
+// (hiding FMA latency), then the tail into the first: wblk(s, q) gives block q's rows of this pass
+// as floats (in place, from a widened chunk, or widened just now into partial sum s's buffer).
+template <int C, typename T, int NV, int RC, int S, typename WF>
+__attribute__((always_inline)) static inline void bfma_span(T (&acc)[S][RC][NV], WF&& wblk, const i32* idx, i64 p, i64 p1,
+                             const float* X, i64 ldx, i64 b0) {
+  for (; p + S <= p1; p += S) {
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) fma_block<C, T, NV, RC>(acc[s], wblk(s, p + s), X + (i64)idx[p + s] * C * ldx + b0, ldx);
   }
+  for (; p < p1; ++p) fma_block<C, T, NV, RC>(acc[0], wblk(0, p), X + (i64)idx[p] * C * ldx + b0, ldx);
 }
 
 // n block values as floats into f (16 at a time where n allows, then one by one)
@@ -262,7 +261,9 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
       for (i64 q0 = p0; q0 < p1; q0 += CHB) {
         const i64 q1 = q0 + CHB < p1 ? q0 + CHB : p1;
         widen(V + q0 * (R * C), buf, (q1 - q0) * (R * C));  // whole blocks: one contiguous run
-        bfma_span<R, C, T, NV, RC, S, R * C>(acc, buf, idx, q0, q1, X, ldx, b0);
+        const float* chunk = buf;
+        bfma_span<C, T, NV, RC, S>(acc, [chunk, q0](int, i64 q) __attribute__((always_inline)) {
+          return chunk + (q - q0) * (R * C); }, idx, q0, q1, X, ldx, b0);
       }
       const float sc = row_scale<WT>(SC, ib);
 #pragma GCC unroll 16
@@ -287,33 +288,12 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
         for (int r = 0; r < RC; ++r)
 #pragma GCC unroll 16
           for (int n = 0; n < NV; ++n) acc[s][r][n] = (T){} ;
-      i64 p = p0;
-      for (; p + S <= p1; p += S) {
-#pragma GCC unroll 8
-        for (int s = 0; s < S; ++s) {
-          const float* w = wb[s].load(V + (p + s) * (R * C) + r0 * C);
-          const float* xr = X + (i64)idx[p + s] * C * ldx + b0;
-#pragma GCC unroll 4
-          for (int c = 0; c < C; ++c) {
-            T xv[NV];
-#pragma GCC unroll 16
-            for (int n = 0; n < NV; ++n) xv[n] = ldT<T>(xr + c * ldx + n * W);
-#pragma GCC unroll 16
-            for (int r = 0; r < RC; ++r)
-#pragma GCC unroll 16
-              for (int n = 0; n < NV; ++n) acc[s][r][n] += w[r * C + c] * xv[n];
-          }
-        }
-      }
-      for (; p < p1; ++p) {
-        const float* w = wb[0].load(V + p * (R * C) + r0 * C);
-        const float* xr = X + (i64)idx[p] * C * ldx + b0;
-        for (int c = 0; c < C; ++c)
-#pragma GCC unroll 16
-          for (int r = 0; r < RC; ++r)
-#pragma GCC unroll 16
-            for (int n = 0; n < NV; ++n) acc[0][r][n] += w[r * C + c] * ldT<T>(xr + c * ldx + n * W);
-      }
+      if constexpr (std::is_same_v<WT, float>)  // fp32 values are used in place
+        bfma_span<C, T, NV, RC, S>(acc, [V, r0](int, i64 q) __attribute__((always_inline)) {
+          return V + q * (R * C) + r0 * C; }, idx, p0, p1, X, ldx, b0);
+      else
+        bfma_span<C, T, NV, RC, S>(acc, [&wb, V, r0](int s, i64 q) __attribute__((always_inline)) {
+          return wb[s].load(V + q * (R * C) + r0 * C); }, idx, p0, p1, X, ldx, b0);
       const float sc = row_scale<WT>(SC, ib);
 #pragma GCC unroll 16
       for (int r = 0; r < RC; ++r)
