@@ -136,8 +136,8 @@ def _gru_layer_scan(rnn: nn.GRU, k: int, x: torch.Tensor, lengths: torch.Tensor,
     if rnn.bias:
         b_ih = torch.stack([param(f"bias_ih_l{k}{s}") for s in sfx])  # (D, 3H)
         b_hh = torch.stack([param(f"bias_hh_l{k}{s}") for s in sfx])
-        # b_hh's r and z parts add to b_ih's before the sigmoid: one bias for the input projection
-        # (a per-step broadcast add, or a pass over gi, would cost more than the step's product)
+        # b_hh's r and z parts add to b_ih's before the sigmoid: one bias for the input projection,
+        # so the scan needs no bias add for them (per step or as a pass over gi)
         b_in = torch.cat([b_ih[:, : 2 * hid] + b_hh[:, : 2 * hid], b_ih[:, 2 * hid:]], 1).reshape(-1)
         b_n = b_hh[:, None, 2 * hid:]  # (D, 1, H): inside r ⊙ (W_hn h + b_hn)
     else:

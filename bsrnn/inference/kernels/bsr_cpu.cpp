@@ -261,9 +261,8 @@ static void bfma_rows(const i32* indptr, const i32* idx, const WT* V, const floa
       for (i64 q0 = p0; q0 < p1; q0 += CHB) {
         const i64 q1 = q0 + CHB < p1 ? q0 + CHB : p1;
         widen(V + q0 * (R * C), buf, (q1 - q0) * (R * C));  // whole blocks: one contiguous run
-        const float* chunk = buf;
-        bfma_span<C, T, NV, RC, S>(acc, [chunk, q0](int, i64 q) __attribute__((always_inline)) {
-          return chunk + (q - q0) * (R * C); }, idx, q0, q1, X, ldx, b0);
+        bfma_span<C, T, NV, RC, S>(acc, [&buf, q0](int, i64 q) __attribute__((always_inline)) -> const float* {
+          return buf + (q - q0) * (R * C); }, idx, q0, q1, X, ldx, b0);
       }
       const float sc = row_scale<WT>(SC, ib);
 #pragma GCC unroll 16
